@@ -1,0 +1,1 @@
+"""fairseq criteria of OFA, one per file (installed as ``ofa.criterions``)."""

@@ -1,0 +1,15 @@
+"""OFA (arXiv 2202.03052) as a fairseq plugin.
+
+Importing ``ofa`` registers the ``ofa`` model and its architectures (``ofa_tiny`` .. ``ofa_huge``,
+``ofa_test``) with fairseq; ``--user-dir=<path to this folder>`` does the same for fairseq's CLIs.
+"""
+__version__ = "0.1.0"
+
+from . import model  # noqa: F401  (registers the model and architectures)
+from . import criterions, data_utils, tasks  # noqa: F401  (register tasks and criteria; see setup.py)
+from .checkpoint import build_model_for_arch, export_safetensors, load_model, save_checkpoint
+from .generate import SequenceGenerator, Trie
+from .tokenizer import load_tokenizer
+
+__all__ = ["load_model", "build_model_for_arch", "export_safetensors", "save_checkpoint", "SequenceGenerator",
+           "Trie", "load_tokenizer", "__version__"]

@@ -1,0 +1,449 @@
+"""Checkpoint I/O: official fairseq ``.pt``, mmpretrain ``.pth``, and safetensors exports.
+
+- ``load_model(path, bpe_dir=None, ema=False)`` reads any of the three formats and returns
+  ``(model, dictionary, info)`` with the model in eval mode. Loading is strict: every weight must be
+  consumed and every shape must match; derived buffers (relative-position buckets, the decoder's
+  ``image_position_idx``, ``version``) are rebuilt, never trusted; fp16 weights are upcast.
+- Unpickling is safe: ``torch.load(weights_only=True)`` with an allowlist of the globals real
+  fairseq checkpoints hold (``SAFE_GLOBALS``). Any other global is refused before it runs.
+- mmpretrain checkpoints (``ofa-base_3rdparty-finetuned_*``) are bare state dicts with renamed keys
+  and no config: keys are mapped back with ``official_to_mmpretrain`` (architecture.md 7.3) and the
+  architecture is read off the tensor shapes (``infer_config``).
+- ``export_safetensors(model, tokenizer_dir, out_dir)`` writes ``model.safetensors`` +
+  ``config.json`` + the tokenizer files; ``load_model(out_dir)`` reads it back.
+- ``save_checkpoint`` writes this project's fairseq-format file. Every write goes to a temporary
+  file first and is renamed into place, so a failed save never replaces a good file.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .model.config import OFAModelConfig, config_for_arch
+from .model.ofa_model import OFAModel
+from .model.resnet import RESNET_LAYERS
+from .tokenizer import load_tokenizer
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+def _numpy_globals() -> List[Any]:
+    out: List[Any] = [np.dtype, np.ndarray]
+    for mod_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            mod = __import__(mod_name, fromlist=["scalar", "_reconstruct"])
+            out += [mod.scalar, mod._reconstruct]
+            break
+        except (ImportError, AttributeError):
+            continue
+    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return out
+
+
+# Globals that fairseq trainer checkpoints legitimately pickle: the legacy ``args`` / ``cfg.model``
+# Namespace, OrderedDicts, and numpy scalars in ``extra_state`` (best metric values).
+SAFE_GLOBALS: List[Any] = [argparse.Namespace, collections.OrderedDict, collections.defaultdict] + _numpy_globals()
+
+
+def safe_load(path: str) -> Any:
+    """``torch.load`` restricted to tensors, containers and ``SAFE_GLOBALS``. ``.gz`` files are unpacked in memory."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    source: Any = path
+    if path.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            source = io.BytesIO(f.read())
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError (or RuntimeError on older versions)
+        message = str(e)
+        found = re.search(r"(?:Unsupported global|GLOBAL)[^\n]*", message)
+        detail = found.group(0) if found else message.splitlines()[0] if message else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it holds an object outside the safe allowlist ({detail}). "
+            "Nothing from it was executed. If you trust this file, convert it with a script you "
+            "control; OFA checkpoints only need tensors, containers and argparse.Namespace."
+        ) from None
+
+
+# ---------------------------------------------------------------------------- key remapping
+# (pattern, replacement) pairs of mmpretrain's tools/model_converters/ofa.py, applied in order.
+_MM_RULES: List[Tuple[str, str]] = [
+    (r"\.type_embedding\.", ".embed_type."),
+    (r"\.layernorm_embedding\.", ".embedding_ln."),
+    (r"\.patch_layernorm_embedding\.", ".image_embedding_ln."),
+    (r"^encoder\.layer_norm\.", "encoder.final_ln."),
+    (r"\.attn_ln\.", ".attn_mid_ln."),
+    (r"\.ffn_layernorm\.", ".ffn_mid_ln."),
+    (r"\.final_layer_norm", ".ffn_ln"),
+    (r"^(encoder\.layers\.\d+)\.self_attn\.", r"\1.attn."),
+    (r"^(encoder\.layers\.\d+)\.self_attn_layer_norm\.", r"\1.attn_ln."),
+    (r"\.code_layernorm_embedding\.", ".code_embedding_ln."),
+    (r"^decoder\.layer_norm\.", "decoder.final_ln."),
+    (r"\.self_attn_ln", ".self_attn_mid_ln"),
+    (r"\.cross_attn_ln", ".cross_attn_mid_ln"),
+    (r"\.encoder_attn_layer_norm", ".cross_attn_ln"),
+    (r"\.encoder_attn", ".cross_attn"),
+    (r"^(decoder\.layers\.\d+)\.self_attn_layer_norm\.", r"\1.self_attn_ln."),
+]
+
+
+def official_to_mmpretrain(key: str) -> Optional[str]:
+    """Official fairseq key -> mmpretrain key (``None`` for keys the converter drops)."""
+    if "version" in key:
+        return None
+    for pattern, repl in _MM_RULES:
+        key = re.sub(pattern, repl, key)
+    return "model." + key
+
+
+DERIVED_SUFFIXES = ("token_rp_bucket", "image_rp_bucket", "image_position_idx", ".version")
+TIED_KEYS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
+
+
+def _is_derived(key: str) -> bool:
+    return key.endswith(DERIVED_SUFFIXES) or key == "version"
+
+
+def detect_format(obj: Any) -> str:
+    """``"fairseq"`` (trainer dict), ``"mmpretrain"`` (bare, ``model.`` keys) or ``"official_bare"``."""
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        return "fairseq"
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if any(k.startswith("model.") for k in obj):
+            return "mmpretrain"
+        return "official_bare"
+    raise CheckpointError("not an OFA checkpoint: expected a fairseq trainer dict or a state dict of tensors")
+
+
+_MM_INVERSE_RULES: List[Tuple[str, str]] = [
+    # applied to an mmpretrain key (without ``model.``) to list possible official names
+    (r"\.embed_type\.", ".type_embedding."),
+    (r"\.embedding_ln\.", ".layernorm_embedding."),
+    (r"\.image_embedding_ln\.", ".patch_layernorm_embedding."),
+    (r"^encoder\.final_ln\.", "encoder.layer_norm."),
+    (r"^decoder\.final_ln\.", "decoder.layer_norm."),
+    (r"\.code_embedding_ln\.", ".code_layernorm_embedding."),
+    (r"\.ffn_mid_ln\.", ".ffn_layernorm."),
+    (r"\.ffn_ln\.", ".final_layer_norm."),
+    (r"^(encoder\.layers\.\d+)\.attn_mid_ln\.", r"\1.attn_ln."),
+    (r"^(encoder\.layers\.\d+)\.attn_ln\.", r"\1.self_attn_layer_norm."),
+    (r"^(encoder\.layers\.\d+)\.attn\.", r"\1.self_attn."),
+    (r"^(decoder\.layers\.\d+)\.self_attn_mid_ln\.", r"\1.self_attn_ln."),
+    (r"^(decoder\.layers\.\d+)\.self_attn_ln\.", r"\1.self_attn_layer_norm."),
+    (r"^(decoder\.layers\.\d+)\.cross_attn_mid_ln\.", r"\1.cross_attn_ln."),
+    (r"^(decoder\.layers\.\d+)\.cross_attn_ln\.", r"\1.encoder_attn_layer_norm."),
+    (r"^(decoder\.layers\.\d+)\.cross_attn\.", r"\1.encoder_attn."),
+]
+
+
+def _mm_to_official(mm_key: str) -> str:
+    """mmpretrain key without ``model.`` -> official key (first inverse rule that matches)."""
+    for pattern, repl in _MM_INVERSE_RULES:
+        new = re.sub(pattern, repl, mm_key)
+        if new != mm_key:
+            return new
+    return mm_key
+
+
+def from_mmpretrain(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename an mmpretrain state dict to official keys; each rename is checked by mapping it forward again."""
+    out: Dict[str, torch.Tensor] = {}
+    bad = []
+    for mm_key, value in state.items():
+        official = _mm_to_official(mm_key[len("model."):]) if mm_key.startswith("model.") else mm_key
+        if official_to_mmpretrain(official) != mm_key:
+            bad.append(mm_key)
+        out[official] = value
+    if bad:
+        raise CheckpointError(f"mmpretrain checkpoint has keys with no OFA counterpart: {bad[:10]}")
+    return out
+
+
+# ---------------------------------------------------------------------------- config inference
+def _count_indexed(state: Dict[str, torch.Tensor], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state for m in [pat.match(k)] if m}
+    return max(found) + 1 if found else 0
+
+
+def infer_config(state: Dict[str, torch.Tensor]) -> OFAModelConfig:
+    """Read the architecture off an official-key state dict (for config-less checkpoints).
+
+    Sizes come from tensor shapes; NormFormer and embedding switches from which keys exist. The
+    decoder's position entanglement cannot be seen in weights; it is off, as in every release.
+    """
+    try:
+        vocab, d = state["encoder.embed_tokens.weight"].shape
+        heads = state["encoder.token_rel_pos_table_list.0.weight"].shape[1]
+        dec_heads = state["decoder.token_rel_pos_table_list.0.weight"].shape[1]
+        ffn = state["encoder.layers.0.fc1.weight"].shape[0]
+        dec_ffn = state["decoder.layers.0.fc1.weight"].shape[0]
+        token_rel = state["encoder.token_rel_pos_table_list.0.weight"].shape[0]
+        image_pos = state["encoder.embed_image_positions.weight"].shape[0]
+        src_pos = state["encoder.embed_positions.weight"].shape[0]
+        tgt_pos = state["decoder.embed_positions.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"cannot infer the architecture: key {e} is missing") from None
+    blocks = [_count_indexed(state, f"encoder.embed_images.layer{s}.") for s in (1, 2, 3)]
+    resnet = {tuple(v): k for k, v in RESNET_LAYERS.items() if k not in ("resnet34",)}.get(tuple(blocks))
+    if resnet is None:
+        raise CheckpointError(f"cannot infer the ResNet type from its block counts {blocks}")
+    image_bucket = int(round((image_pos - 1) ** 0.5))
+    code_image_size = 128
+    if "decoder.image_position_idx" in state:
+        n = state["decoder.image_position_idx"].numel() - 1
+        for tail in (769, 768):
+            w = int(round(max(n - tail, 0) ** 0.5))
+            if w * w == n - tail and w > 0:
+                code_image_size = w * 8
+                break
+
+    def has(fragment: str) -> bool:
+        return any(fragment in k for k in state)
+
+    return OFAModelConfig(
+        encoder_embed_dim=d, decoder_embed_dim=d, encoder_ffn_embed_dim=ffn, decoder_ffn_embed_dim=dec_ffn,
+        encoder_layers=_count_indexed(state, "encoder.layers."),
+        decoder_layers=_count_indexed(state, "decoder.layers."),
+        encoder_attention_heads=heads, decoder_attention_heads=dec_heads, resnet_type=resnet,
+        token_bucket_size=(token_rel + 1) // 2, image_bucket_size=image_bucket,
+        max_source_positions=src_pos - 2, max_target_positions=tgt_pos - 2, code_image_size=code_image_size,
+        layernorm_embedding=has("encoder.layernorm_embedding."),
+        patch_layernorm_embedding=has("encoder.patch_layernorm_embedding."),
+        code_layernorm_embedding=has("decoder.code_layernorm_embedding."),
+        add_type_embedding=has("encoder.type_embedding."),
+        scale_attn=has(".attn_ln."), scale_fc=has(".ffn_layernorm."), scale_heads=has(".c_attn"),
+        scale_resids=has(".w_resid"), encoder_normalize_before=has("encoder.layer_norm."),
+        decoder_normalize_before=has("decoder.layer_norm."), disable_entangle=True,
+    )
+
+
+# ---------------------------------------------------------------------------- strict loading
+def load_state_strict(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy ``state`` into ``model``: every non-derived key must match by name and shape.
+
+    Derived buffers are skipped whether present or not. Floating tensors are cast to the model's
+    dtype (fp16 checkpoints are upcast). Raises ``CheckpointError`` naming the missing, unexpected
+    and mis-shaped keys.
+    """
+    own = model.state_dict()
+    state = dict(state)
+    if "encoder.embed_tokens.weight" in state:
+        for key in TIED_KEYS:
+            if key in state and key in own:
+                if state[key].shape == state["encoder.embed_tokens.weight"].shape and not torch.equal(
+                    state[key], state["encoder.embed_tokens.weight"]
+                ):
+                    raise CheckpointError(f"{source}: {key} differs from encoder.embed_tokens.weight, "
+                                          "but OFA ties all three")
+            state.setdefault(key, state["encoder.embed_tokens.weight"])
+    wanted = {k for k in own if not _is_derived(k)}
+    given = {k for k in state if not _is_derived(k)}
+    missing = sorted(wanted - given)
+    unexpected = sorted(given - wanted)
+    mis_shaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in wanted & given if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or mis_shaped:
+        def show(items):
+            return f"{len(items)} {items[:8]}{' ...' if len(items) > 8 else ''}"
+        raise CheckpointError(
+            f"{source} does not fit the model: missing {show(missing)}; unexpected {show(unexpected)}; "
+            f"mis-shaped {show(mis_shaped)}"
+        )
+    with torch.no_grad():
+        for key in wanted:
+            target = own[key]
+            value = state[key]
+            target.copy_(value.to(target.dtype) if value.is_floating_point() else value)
+
+
+@dataclass
+class CheckpointInfo:
+    """What ``load_model`` found: the model config, the task config (if any) and the source format."""
+
+    model: OFAModelConfig
+    task: Dict[str, Any] = field(default_factory=dict)
+    format: str = ""
+    path: str = ""
+    ema: bool = False
+
+
+def _as_dict(obj: Any) -> Dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, dict):
+        return obj
+    return dict(vars(obj))
+
+
+def _resolve_tokenizer(bpe_dir: Optional[str], task_cfg: Dict[str, Any], path: str):
+    candidates = [bpe_dir, task_cfg.get("bpe_dir"), os.path.dirname(os.path.abspath(path))]
+    for c in candidates:
+        if c and os.path.isdir(c):
+            try:
+                return load_tokenizer(c, task_cfg.get("code_dict_size", 8192), task_cfg.get("num_bins", 1000))
+            except FileNotFoundError:
+                continue
+    raise CheckpointError(
+        f"{path}: no tokenizer found; pass bpe_dir= (the official GPT-2 BPE folder with dict.txt, "
+        "or a SentencePiece folder from `ofa-tokenizer train`)"
+    )
+
+
+def load_model(path: str, bpe_dir: Optional[str] = None, ema: bool = False,
+               overrides: Optional[Dict[str, Any]] = None) -> Tuple[OFAModel, Any, CheckpointInfo]:
+    """Load an OFA model from a fairseq ``.pt``, an mmpretrain ``.pth`` or a safetensors export.
+
+    Args:
+        path: checkpoint file (``.pt``, ``.pth``, ``.pt.gz``) or an export directory.
+        bpe_dir: tokenizer folder; defaults to the checkpoint's ``task.bpe_dir`` or the export's own.
+        ema: use the EMA weights (``extra_state["ema"]``) when the checkpoint carries them.
+        overrides: model-config fields to change (e.g. ``{"attention_impl": "math"}``); only
+            fields that do not change parameter shapes make sense here.
+
+    Returns:
+        ``(model in eval mode, fairseq Dictionary, CheckpointInfo)``.
+    """
+    overrides = overrides or {}
+    if os.path.isdir(path):
+        return _load_export(path, bpe_dir, overrides)
+    obj = safe_load(path)
+    fmt = detect_format(obj)
+    task_cfg: Dict[str, Any] = {}
+    used_ema = False
+    if fmt == "fairseq":
+        cfg = _as_dict(obj.get("cfg"))
+        model_cfg = cfg.get("model") or obj.get("args")
+        task_cfg = _as_dict(cfg.get("task")) or _as_dict(obj.get("args"))
+        state = obj["model"]
+        extra = obj.get("extra_state") or {}
+        if ema:
+            if not isinstance(extra, dict) or "ema" not in extra:
+                raise CheckpointError(f"{path}: ema=True but the checkpoint carries no EMA weights")
+            state, used_ema = extra["ema"], True
+        config = OFAModelConfig.from_any(model_cfg, **overrides) if model_cfg is not None else infer_config(state)
+    else:
+        state = from_mmpretrain(obj) if fmt == "mmpretrain" else obj
+        config = infer_config(state)
+        config = dataclasses.replace(config, **overrides)
+    tokenizer = _resolve_tokenizer(bpe_dir, task_cfg, path)
+    dictionary = tokenizer.dictionary
+    vocab_rows = state["encoder.embed_tokens.weight"].shape[0]
+    if vocab_rows != len(dictionary):
+        raise CheckpointError(f"{path}: the checkpoint has {vocab_rows} embedding rows but the dictionary "
+                              f"has {len(dictionary)} entries; wrong bpe_dir or num_bins/code_dict_size?")
+    model = OFAModel.from_config(config, dictionary)
+    load_state_strict(model, state, source=path)
+    model.eval()
+    return model, dictionary, CheckpointInfo(config, task_cfg, fmt, path, used_ema)
+
+
+def build_model_for_arch(arch: str, bpe_dir: str, released: bool = True, **overrides) -> Tuple[OFAModel, Any]:
+    """A freshly initialised model of a named architecture (with the released flags by default).
+
+    Returns:
+        ``(model, dictionary)``.
+    """
+    tokenizer = load_tokenizer(bpe_dir)
+    model = OFAModel.from_config(config_for_arch(arch, released, **overrides), tokenizer.dictionary)
+    return model, tokenizer.dictionary
+
+
+# ---------------------------------------------------------------------------- writing
+def _atomic_write(path: str, writer: Callable[[str], None]) -> None:
+    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(model: OFAModel, path: str, task_cfg: Optional[Dict[str, Any]] = None,
+                    extra_state: Optional[Dict[str, Any]] = None) -> None:
+    """Write a fairseq-format checkpoint (``cfg.model`` as a Namespace, like the official files)."""
+    payload = {
+        "args": None,
+        "cfg": {"model": argparse.Namespace(**dataclasses.asdict(model.cfg), arch="ofa"),
+                "task": dict(task_cfg or {})},
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "criterion": None,
+        "optimizer_history": [],
+        "task_state": {},
+        "extra_state": dict(extra_state or {}),
+    }
+    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+TOKENIZER_FILES = ("encoder.json", "vocab.bpe", "dict.txt", "spm.model")
+
+
+def export_safetensors(model: OFAModel, tokenizer_dir: str, out_dir: str,
+                       task_cfg: Optional[Dict[str, Any]] = None) -> str:
+    """Write ``model.safetensors`` (tied and derived tensors left out), ``config.json`` and the tokenizer files."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {
+        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        if not _is_derived(k) and k not in TIED_KEYS
+    }
+    config = {"format": "ofa-safetensors", "version": 1, "model": dataclasses.asdict(model.cfg),
+              "task": dict(task_cfg or {})}
+    _atomic_write(os.path.join(out_dir, EXPORT_WEIGHTS), lambda tmp: save_file(tensors, tmp))
+    for name in TOKENIZER_FILES:
+        src = os.path.join(tokenizer_dir, name)
+        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(out_dir, name)):
+            _atomic_write(os.path.join(out_dir, name), lambda tmp, s=src: shutil.copyfile(s, tmp))
+
+    def write_json(tmp):
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=1, sort_keys=True)
+    _atomic_write(os.path.join(out_dir, EXPORT_CONFIG), write_json)
+    return out_dir
+
+
+def _load_export(path: str, bpe_dir: Optional[str], overrides: Dict[str, Any]):
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(path, EXPORT_CONFIG)
+    weights = os.path.join(path, EXPORT_WEIGHTS)
+    if not (os.path.isfile(cfg_path) and os.path.isfile(weights)):
+        raise CheckpointError(f"{path} is not an OFA export: expected {EXPORT_CONFIG} and {EXPORT_WEIGHTS}")
+    with open(cfg_path) as f:
+        config = json.load(f)
+    if config.get("format") != "ofa-safetensors":
+        raise CheckpointError(f"{cfg_path}: unknown format {config.get('format')!r}")
+    model_cfg = OFAModelConfig.from_any(config["model"], **overrides)
+    tokenizer = _resolve_tokenizer(bpe_dir or path, config.get("task", {}), weights)
+    model = OFAModel.from_config(model_cfg, tokenizer.dictionary)
+    load_state_strict(model, load_file(weights), source=weights)
+    model.eval()
+    return model, tokenizer.dictionary, CheckpointInfo(model_cfg, config.get("task", {}), "safetensors", path)

@@ -1,0 +1,72 @@
+"""Search strategies: pick candidate continuations from step log-probabilities.
+
+``step(step, lprobs [B, beam, V], scores [B, beam, step])`` returns ``(cand_scores, cand_tokens,
+cand_beams)``, each ``[B, K]``, with cumulative scores. Semantics follow fairseq's ``search.py``:
+beam search proposes ``2 * beam`` candidates (so that EOS hypotheses can finish while ``beam``
+remain active) and at step 0 expands only the first beam (all beams are identical there).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class BeamSearch:
+    stop_on_max_len = False
+
+    def step(self, step: int, lprobs: Tensor, scores: Tensor):
+        bsz, beam, vocab = lprobs.shape
+        if step == 0:
+            lprobs = lprobs[:, ::beam, :].contiguous()
+        else:
+            lprobs = lprobs + scores[:, :, step - 1].unsqueeze(-1)
+        flat = lprobs.view(bsz, -1)
+        top = torch.topk(flat, k=min(beam * 2, flat.size(1) - 1))
+        return top.values, top.indices % vocab, torch.div(top.indices, vocab, rounding_mode="trunc")
+
+
+class Sampling:
+    """Draw one continuation per hypothesis from the (top-k / top-p truncated) distribution.
+
+    Args:
+        topk: sample among the k most likely tokens (-1: off).
+        topp: sample from the smallest set whose probability mass exceeds p (-1: off).
+    """
+
+    stop_on_max_len = True
+
+    def __init__(self, topk: int = -1, topp: float = -1.0, generator: torch.Generator = None):
+        self.topk, self.topp, self.generator = topk, topp, generator
+
+    def _truncate(self, lprobs: Tensor) -> Tensor:
+        """Log-probabilities with every token outside the top-k / top-p set at -inf."""
+        if self.topk > 0:
+            kth = torch.topk(lprobs, min(self.topk, lprobs.size(-1)), dim=-1).values[..., -1:]
+            lprobs = lprobs.masked_fill(lprobs < kth, float("-inf"))
+        if 0 < self.topp < 1:
+            sorted_lp, order = lprobs.sort(dim=-1, descending=True)
+            cum = sorted_lp.exp().cumsum(-1)
+            drop_sorted = (cum - sorted_lp.exp()) >= self.topp  # mass before this token already >= p
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            lprobs = lprobs.masked_fill(drop, float("-inf"))
+        return lprobs
+
+    def step(self, step: int, lprobs: Tensor, scores: Tensor):
+        bsz, beam, vocab = lprobs.shape
+        if step == 0:
+            lprobs = lprobs[:, ::beam, :].contiguous()
+        probs = self._truncate(lprobs).exp()
+        if step == 0:
+            idx = torch.multinomial(probs.view(bsz, -1), beam, replacement=True, generator=self.generator)
+        else:
+            idx = torch.multinomial(probs.view(bsz * beam, -1), 1, replacement=True,
+                                    generator=self.generator).view(bsz, beam)
+        if step == 0:
+            lprobs = lprobs.expand(bsz, beam, vocab)
+        cand_scores = lprobs.gather(2, idx.unsqueeze(-1)).squeeze(-1)
+        if step > 0:
+            cand_scores = cand_scores + scores[:, :, step - 1]
+        beams = torch.arange(beam, device=lprobs.device).repeat(bsz, 1)
+        if step == 0:
+            beams = torch.zeros_like(beams)
+        return cand_scores, idx, beams

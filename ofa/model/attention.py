@@ -1,0 +1,153 @@
+"""OFA multi-head attention: additive position bias, NormFormer head scales, key/value cache.
+
+Mirrors ``models/ofa/unify_multihead_attention.py`` (architecture.md 3.7) but runs batch-first
+and through ``torch.nn.functional.scaled_dot_product_attention``:
+
+    logits = (q * (dh * scale_factor) ** -0.5) @ k^T + attn_bias + attn_mask, key padding -> -inf
+    out    = out_proj(c_attn * softmax(logits) @ v)
+
+The query is pre-scaled and SDPA is called with ``scale=1`` so the order of operations equals the
+official one. ``attention_impl="math"`` computes the same thing with an explicit float32 softmax.
+
+Incremental decoding keeps ``prev_key`` / ``prev_value`` ``[B, H, t, dh]`` per module inside
+fairseq's ``incremental_state`` dict, so fairseq's own generators can drive this model too.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
+from torch import Tensor, nn
+
+State = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+@with_incremental_state
+class MultiheadAttention(nn.Module):
+    """Multi-head attention over batch-first tensors.
+
+    Args:
+        embed_dim: model width ``C``.
+        num_heads: heads ``H``; head width ``dh = C / H``.
+        dropout: attention-probability dropout.
+        scale_factor: attention temperature factor (2 in OFA: logits are divided by sqrt(2 dh)).
+        scale_heads: NormFormer per-head output scale ``c_attn`` ``[H]``.
+        impl: ``"sdpa"`` or ``"math"``.
+        encoder_decoder_attention: marks cross-attention, whose cache needs no beam reordering.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, scale_factor: float = 2.0,
+                 scale_heads: bool = False, impl: str = "sdpa", encoder_decoder_attention: bool = False):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if impl not in ("sdpa", "math"):
+            raise ValueError(f"attention_impl must be 'sdpa' or 'math', got {impl!r}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = float(self.head_dim * scale_factor) ** -0.5
+        self.dropout = dropout
+        self.impl = impl
+        self.encoder_decoder_attention = encoder_decoder_attention
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
+        nn.init.xavier_uniform_(self.k_proj.weight, gain=2 ** -0.5)
+        nn.init.xavier_uniform_(self.v_proj.weight, gain=2 ** -0.5)
+        nn.init.xavier_uniform_(self.q_proj.weight, gain=2 ** -0.5)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.zeros_(lin.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[B, T, C] -> [B, H, T, dh]``"""
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        query: Tensor,
+        key_value: Optional[Tensor] = None,
+        key_padding_mask: Optional[Tensor] = None,
+        attn_bias: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        incremental_state: Optional[State] = None,
+        static_kv: bool = False,
+    ) -> Tensor:
+        """
+        Args:
+            query: ``[B, Tq, C]``.
+            key_value: ``[B, Tk, C]`` for cross-attention; ``None`` for self-attention.
+            key_padding_mask: bool ``[B, Tk]``, True at keys to ignore.
+            attn_bias: float ``[B, H, Tq, Tk]`` added to the logits (position biases).
+            attn_mask: float ``[Tq, Tk]`` added to the logits (causal mask, ``-inf`` above diagonal).
+            incremental_state: fairseq cache dict; self-attention appends this step's keys,
+                cross-attention (``static_kv``) projects the encoder output once and reuses it.
+
+        Returns:
+            ``[B, Tq, C]``.
+        """
+        q = self._heads(self.q_proj(query) * self.scaling)
+        saved = self._get_input_buffer(incremental_state) if incremental_state is not None else None
+        if saved is not None and static_kv and saved.get("prev_key") is not None:
+            k, v = saved["prev_key"], saved["prev_value"]
+        else:
+            source = query if key_value is None else key_value
+            k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
+            if saved is not None and not static_kv and saved.get("prev_key") is not None:
+                k = torch.cat([saved["prev_key"], k], dim=2)
+                v = torch.cat([saved["prev_value"], v], dim=2)
+            if incremental_state is not None:
+                self._set_input_buffer(incremental_state, {"prev_key": k, "prev_value": v})
+
+        mask = attn_bias
+        if attn_mask is not None:
+            mask = attn_mask if mask is None else mask + attn_mask
+        if key_padding_mask is not None:
+            pad = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+            mask = pad if mask is None else mask + pad
+        if mask is not None:
+            mask = mask.to(q.dtype)
+        p = self.dropout if self.training else 0.0
+        if self.impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
+        else:
+            logits = q @ k.transpose(-1, -2)
+            if mask is not None:
+                logits = logits + mask
+            probs = F.dropout(logits.float().softmax(-1).type_as(q), p, self.training)
+            out = probs @ v
+        if self.c_attn is not None:
+            out = out * self.c_attn.view(1, -1, 1, 1)
+        b, _, t, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.embed_dim))
+
+    def _get_input_buffer(self, incremental_state: State) -> Dict[str, Optional[Tensor]]:
+        result = self.get_incremental_state(incremental_state, "attn_state")
+        return result if result is not None else {}
+
+    def _set_input_buffer(self, incremental_state: State, buffer: Dict[str, Optional[Tensor]]):
+        return self.set_incremental_state(incremental_state, "attn_state", buffer)
+
+    def reorder_incremental_state(self, incremental_state: State, new_order: Tensor):
+        """Reorder cached keys/values along the batch axis (beam search).
+
+        Like fairseq, the cross-attention cache is left alone when its batch size already equals
+        ``len(new_order)`` (its rows do not depend on the beam history).
+        """
+        buffer = self._get_input_buffer(incremental_state)
+        if not buffer:
+            return
+        for name, value in list(buffer.items()):
+            if value is None:
+                continue
+            if self.encoder_decoder_attention and value.size(0) == new_order.size(0):
+                return  # every beam of a sample shares the same encoder rows
+            buffer[name] = value.index_select(0, new_order)
+        self._set_input_buffer(incremental_state, buffer)

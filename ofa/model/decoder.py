@@ -1,0 +1,193 @@
+"""OFA decoder (architecture.md section 4).
+
+Text samples use 1-D positions (``embed_positions``, ``pos_ln``, token relative buckets); image-code
+samples (``code_masks[b]`` True, image generation / infilling) use the code grid positions
+(``embed_image_positions[image_position_idx]``, ``image_pos_ln``, image relative buckets) and
+``code_layernorm_embedding``. A batch may mix both kinds.
+
+Position biases are computed from the full prefix ``prev_output_tokens`` even when decoding
+incrementally (as the official decoder does); only the last query row is then used. The
+cross-attention bias is absolute only: ``cross_pos_q_linear(LN(tgt_pos)) cross_pos_k_linear(P_enc)^T``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from fairseq.models import FairseqIncrementalDecoder
+from torch import Tensor, nn
+
+from .attention import State
+from .layers import DecoderLayer
+from .positions import code_position_ids, image_bucket_table, token_bucket_table
+
+
+def _per_sample(mask: Optional[Tensor], when_true, when_false):
+    """Select between two lazily computed per-sample results by a bool ``[B]`` mask."""
+    if mask is None or not bool(mask.any()):
+        return when_false()
+    if bool(mask.all()):
+        return when_true()
+    a, b = when_true(), when_false()
+    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+class OFADecoder(FairseqIncrementalDecoder):
+    def __init__(self, cfg, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        self.register_buffer("version", torch.Tensor([3]))
+        self.cfg = cfg
+        d = cfg.decoder_embed_dim
+        self.num_heads = cfg.decoder_attention_heads
+        self.padding_idx = embed_tokens.padding_idx
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else d ** 0.5
+        self.layernorm_embedding = nn.LayerNorm(d) if cfg.layernorm_embedding else None
+        self.code_layernorm_embedding = nn.LayerNorm(d) if cfg.code_layernorm_embedding else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+        self.embed_positions = nn.Embedding(cfg.max_target_positions + 2, d)
+        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size ** 2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        self.pos_scaling = float(d / self.num_heads * cfg.attn_scale_factor) ** -0.5
+        self.self_pos_q_linear = nn.Linear(d, d)
+        self.self_pos_k_linear = nn.Linear(d, d)
+        self.cross_pos_q_linear = nn.Linear(d, d)
+        self.cross_pos_k_linear = nn.Linear(d, d)
+
+        rates = torch.linspace(0, cfg.decoder_drop_path_rate, cfg.decoder_layers, device="cpu").tolist()
+        self.layers = nn.ModuleList([DecoderLayer(cfg, rates[i]) for i in range(cfg.decoder_layers)])
+        self.layer_norm = nn.LayerNorm(d) if cfg.decoder_normalize_before else None
+
+        self.output_projection = nn.Linear(d, len(dictionary), bias=False)
+        if cfg.share_decoder_input_output_embed:
+            self.output_projection.weight = self.embed_tokens.weight
+
+        num_token_rel = 2 * cfg.token_bucket_size - 1
+        num_image_rel = (2 * cfg.image_bucket_size - 1) ** 2 + 3
+        self.token_rel_pos_table_list = nn.ModuleList(
+            [nn.Embedding(num_token_rel, self.num_heads) for _ in range(cfg.decoder_layers)]
+        )
+        self.image_rel_pos_table_list = nn.ModuleList(
+            [nn.Embedding(num_image_rel, self.num_heads) for _ in range(cfg.decoder_layers)]
+        )
+        self.register_buffer("token_rp_bucket", token_bucket_table(cfg.token_bucket_size))
+        self.register_buffer("image_rp_bucket", image_bucket_table(cfg.image_bucket_size))
+        self.register_buffer("image_position_idx", code_position_ids(cfg.code_image_size, cfg.image_bucket_size))
+
+    # ------------------------------------------------------------------ positions
+    def _positions(self, tgt_len: int, bsz: int, code_masks: Optional[Tensor], device) -> Tuple[Tensor, Tensor]:
+        """Raw and LayerNorm'd target position embeddings, each ``[B, Lt, C]``."""
+        text = self.embed_positions(torch.arange(tgt_len, device=device))[None].expand(bsz, -1, -1)
+
+        def image():
+            ids = self.image_position_idx[:tgt_len]
+            return self.embed_image_positions(ids)[None].expand(bsz, -1, -1)
+
+        raw = _per_sample(code_masks, image, lambda: text)
+        normed = _per_sample(code_masks, lambda: self.image_pos_ln(raw), lambda: self.pos_ln(raw))
+        return raw, normed
+
+    def _rel_bias(self, idx: int, tgt_len: int, code_masks: Optional[Tensor]) -> Tensor:
+        """Relative self-attention bias ``[B or 1, H, Lt, Lt]`` for layer ``idx``."""
+        def text():
+            buckets = self.token_rp_bucket[:tgt_len, :tgt_len]
+            return self.token_rel_pos_table_list[idx].weight[buckets].permute(2, 0, 1)[None]
+
+        def image():
+            ids = self.image_position_idx[:tgt_len]
+            buckets = self.image_rp_bucket[ids[:, None], ids[None, :]]
+            return self.image_rel_pos_table_list[idx].weight[buckets].permute(2, 0, 1)[None]
+
+        return _per_sample(code_masks, image, text)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        code_masks: Optional[Tensor] = None,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[State] = None,
+        features_only: bool = False,
+        **unused,
+    ) -> Tuple[Tensor, Dict[str, Any]]:
+        """
+        Args:
+            prev_output_tokens: ``[B, Lt]`` starting with BOS (the whole prefix, also when
+                decoding incrementally).
+            code_masks: bool ``[B]``, True for image-code samples.
+            encoder_out: the encoder's output dict.
+            incremental_state: fairseq cache dict; when given, only the last position is computed.
+
+        Returns:
+            ``(logits [B, Lt or 1, V], {"attn": [None], "inner_states": [...]})``.
+        """
+        x, extra = self.extract_features(prev_output_tokens, code_masks, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_projection(x)
+        return x, extra
+
+    def extract_features(self, prev_output_tokens, code_masks=None, encoder_out=None, incremental_state=None,
+                         **unused):
+        bsz, tgt_len = prev_output_tokens.shape
+        device = prev_output_tokens.device
+        if code_masks is not None:
+            code_masks = code_masks.bool()
+            if code_masks.numel() == 1 and bsz > 1:
+                code_masks = code_masks.expand(bsz)
+        raw_pos, pos = self._positions(tgt_len, bsz, code_masks, device)
+        enc = encoder_out["encoder_out"][0].transpose(0, 1)  # B x S x C
+        enc_padding = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else None
+        if enc_padding is not None and not bool(enc_padding.any()):
+            enc_padding = None
+        src_pos = encoder_out["position_embeddings"][0]
+
+        incremental = incremental_state is not None
+        pos_q = pos[:, -1:] if incremental else pos
+        q_len = pos_q.size(1)
+        h = self.num_heads
+
+        def split(t: Tensor) -> Tensor:
+            return t.view(bsz, t.size(1), h, -1).transpose(1, 2)
+
+        self_abs = split(self.self_pos_q_linear(pos_q)) * self.pos_scaling @ split(self.self_pos_k_linear(pos)).transpose(2, 3)
+        cross_abs = split(self.cross_pos_q_linear(pos_q)) * self.pos_scaling @ split(self.cross_pos_k_linear(src_pos)).transpose(2, 3)
+
+        tokens = prev_output_tokens[:, -1:] if incremental else prev_output_tokens
+        x = self.embed_scale * self.embed_tokens(tokens)
+        if not self.cfg.disable_entangle:  # official quirk: raw positions are added unless disabled
+            x = x + (raw_pos[:, -1:] if incremental else raw_pos)
+        if self.layernorm_embedding is not None:
+            code_ln = self.code_layernorm_embedding
+            if code_ln is None:
+                x = self.layernorm_embedding(x)
+            else:
+                x = _per_sample(code_masks, lambda: code_ln(x), lambda: self.layernorm_embedding(x))
+        x = self.dropout(x)
+
+        # pads only occur in teacher-forced batches; generated prefixes never hold pad tokens
+        self_padding = None
+        if not incremental and tokens.eq(self.padding_idx).any():
+            self_padding = tokens.eq(self.padding_idx)
+        causal = None
+        if not incremental:
+            causal = torch.triu(torch.full((tgt_len, tgt_len), float("-inf"), device=device), 1).to(x.dtype)
+
+        inner_states = [x]
+        for idx, layer in enumerate(self.layers):
+            self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks)[:, :, -q_len:, :]
+            x = layer(x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, incremental_state)
+            inner_states.append(x)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return x, {"attn": [None], "inner_states": inner_states}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return self.output_projection(features)
+
+    def max_positions(self) -> int:
+        return self.cfg.max_target_positions
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        return state_dict

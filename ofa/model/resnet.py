@@ -1,0 +1,155 @@
+"""Image backbones that turn ``[B, 3, S, S]`` images into a stride-16 feature map.
+
+``OFAResNet`` is the official backbone (``models/ofa/resnet.py``): torchvision-style ResNet v1.5
+stem + Bottleneck stages 1-3 (no layer4), trained BatchNorm, per-sample drop path inside each
+stage. Module names equal the official checkpoint names (``conv1``, ``bn1``, ``layer{1,2,3}``,
+``downsample.{0,1}``) so state dicts load without remapping.
+
+``TimmBackbone`` wraps any timm CNN feature extractor whose stride-16 stage is taken; it is not
+checkpoint-compatible with released models and exists so that small models train fast on a CPU.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .layers import DropPath
+
+RESNET_LAYERS = {
+    # "resnet34" in OFA is the same [3, 4, 6] Bottleneck stack as resnet50 (official quirk)
+    "resnet18": [2, 2, 2],
+    "resnet34": [3, 4, 6],
+    "resnet50": [3, 4, 6],
+    "resnet101": [3, 4, 23],
+    "resnet152": [3, 8, 36],
+}
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride here, v1.5) -> 1x1 bottleneck, expansion 4, no conv biases."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 drop_path_rate: float = 0.0, norm_layer=nn.BatchNorm2d):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = norm_layer(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.drop_path = DropPath(drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(identity + self.drop_path(out))
+
+
+class OFAResNet(nn.Module):
+    """Stem + stages 1-3 of a Bottleneck ResNet: ``[B, 3, S, S] -> [B, 1024, S/16, S/16]``."""
+
+    out_channels = 1024
+
+    def __init__(self, layers: List[int], drop_path_rate: float = 0.0, norm_layer=nn.BatchNorm2d):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(64, layers[0], 1, drop_path_rate, norm_layer)
+        self.layer2 = self._make_layer(128, layers[1], 2, drop_path_rate, norm_layer)
+        self.layer3 = self._make_layer(256, layers[2], 2, drop_path_rate, norm_layer)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes, blocks, stride, drop_path_rate, norm_layer):
+        downsample = nn.Sequential(
+            nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+            norm_layer(planes * Bottleneck.expansion),
+        )
+        # official: block 0 has no drop path, block i gets linspace(0, rate, blocks)[i]
+        rates = torch.linspace(0, drop_path_rate, blocks, device="cpu").tolist()
+        mods = [Bottleneck(self.inplanes, planes, stride, downsample, 0.0, norm_layer)]
+        self.inplanes = planes * Bottleneck.expansion
+        mods += [Bottleneck(self.inplanes, planes, 1, None, rates[i], norm_layer) for i in range(1, blocks)]
+        return nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+
+class TimmBackbone(nn.Module):
+    """Any timm CNN truncated at its stride-16 stage: ``[B, 3, S, S] -> [B, C, S/16, S/16]``.
+
+    ``out_channels`` is read from timm's feature info. Used only for models trained by this
+    project (released OFA checkpoints always use ``OFAResNet``).
+    """
+
+    def __init__(self, name: str, drop_path_rate: float = 0.0):
+        super().__init__()
+        try:
+            import timm
+        except ImportError as e:  # pragma: no cover - timm is a declared dependency
+            raise ImportError("the timm image backbone needs `pip install timm`") from e
+        probe = timm.create_model(name, pretrained=False, features_only=True)
+        reductions = probe.feature_info.reduction()
+        if 16 not in reductions:
+            raise ValueError(f"timm model {name!r} has no stride-16 feature stage (strides {reductions})")
+        index = reductions.index(16)
+        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
+        self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=(index,), **kwargs)
+        self.out_channels = self.body.feature_info.channels()[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)[0]
+
+
+def build_image_backbone(resnet_type: str, drop_path_rate: float = 0.0, freeze_bn: bool = False) -> nn.Module:
+    """Build the backbone named by the model config's ``resnet_type``.
+
+    ``resnet50/101/152`` (and OFA's aliases ``resnet18/34``) build the official stages;
+    ``timm:<name>`` builds a timm feature extractor.
+    """
+    if resnet_type.startswith("timm:"):
+        return TimmBackbone(resnet_type[len("timm:"):], drop_path_rate)
+    if resnet_type not in RESNET_LAYERS:
+        raise ValueError(
+            f"unknown resnet_type {resnet_type!r}; choose one of {sorted(RESNET_LAYERS)} or 'timm:<model name>'"
+        )
+    norm_layer = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
+    return OFAResNet(RESNET_LAYERS[resnet_type], drop_path_rate, norm_layer)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with fixed statistics and affine parameters (official ``--freeze-resnet``)."""
+
+    def __init__(self, n: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]

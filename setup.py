@@ -1,0 +1,36 @@
+"""Install the OFA fairseq plugin.
+
+The distribution is ``ofa-fairseq`` (PyPI's ``ofa`` is an unrelated project); it installs the
+import package ``ofa`` plus the top-level ``tasks``, ``criterions`` and ``data_utils`` folders under
+``ofa.tasks``, ``ofa.criterions`` and ``ofa.data_utils``.
+"""
+from setuptools import setup
+
+setup(
+    name="ofa-fairseq",
+    version="0.1.0",
+    description="OFA (One For All) unified vision-language seq2seq model as a fairseq plugin",
+    python_requires=">=3.9",
+    packages=["ofa", "ofa.model", "ofa.generate", "ofa.tasks", "ofa.criterions", "ofa.data_utils"],
+    package_dir={"ofa.tasks": "tasks", "ofa.criterions": "criterions", "ofa.data_utils": "data_utils"},
+    install_requires=[
+        # pip takes torch 2.14.1 / torchvision 0.29.1 from local disk here; newer pairs also work
+        "torch>=2.6",
+        "torchvision>=0.21",
+        # plain fairseq 0.12.2 does not import on Python 3.11
+        "fairseq-fixed==0.12.3.1",
+        "timm>=0.9",
+        "sentencepiece>=0.1.99",
+        "pycocoevalcap>=1.2",
+        "numpy>=1.24",
+        "h5py>=3.8",
+        "pillow>=9.0",
+        "safetensors>=0.4",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "ofa-tokenizer=ofa.tokenizer:main",
+        ]
+    },
+)
