@@ -212,7 +212,8 @@ def train_sentencepiece(corpus: Union[str, Iterable[str]], out_dir: str, vocab_s
 
     Args:
         corpus: a text file (one sentence per line) or an iterable of lines.
-        vocab_size: pieces including SentencePiece's own ``<unk>``.
+        vocab_size: pieces including SentencePiece's own ``<unk>`` and the 256 byte-fallback pieces
+            (so that any character is encodable).
 
     Returns:
         ``out_dir``.
@@ -222,7 +223,7 @@ def train_sentencepiece(corpus: Union[str, Iterable[str]], out_dir: str, vocab_s
     os.makedirs(out_dir, exist_ok=True)
     kwargs = dict(
         model_prefix=os.path.join(out_dir, "spm"), vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+        character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, byte_fallback=True,
         seed_sentencepiece_size=seed_sentencepiece_size, hard_vocab_limit=False,
         # keep OFA's special token strings out of the learned pieces
         user_defined_symbols=[], num_threads=2, minloglevel=2,

@@ -77,4 +77,4 @@ def spm_dir(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("spm")
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n")
-    return train_sentencepiece(str(corpus), str(out / "tok"), vocab_size=120)
+    return train_sentencepiece(str(corpus), str(out / "tok"), vocab_size=400)

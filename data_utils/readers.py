@@ -1,0 +1,247 @@
+"""Sharded, shuffled, resumable readers over official TSV files and HDF5 shards.
+
+Both readers return rows as tuples of strings (TSV) or of ``str`` / ``bytes`` (HDF5 keeps images as
+raw encoded bytes, no base64) in the order of the selected columns, and share one sampling scheme:
+
+- ``rank`` / ``world_size`` split the rows so that **every rank gets the same number of rows, at least
+  one**: the global order is cut into ``ceil(total / world)`` rows per rank and short ranks wrap
+  around to the start (like ``DistributedSampler``), so no rank ever yields an empty batch (the
+  official ``FileDataset`` gives ranks different counts and crashes on the empty last batch).
+  Duplicated rows are marked so evaluation can drop them (``is_padding``).
+- ``set_epoch(e)`` reshuffles the global order with ``seed + e`` (no file copies); ``shuffle=False``
+  keeps file order.
+- ``state_dict()`` / ``load_state_dict()`` save and restore ``(epoch, position)``; ``__iter__`` continues
+  from the restored position.
+
+Random access is O(1): TSV rows through a byte-offset index built in one pass (optionally cached in
+``<file>.index``), HDF5 rows directly.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import DataError
+from .formats import Schema, get_schema, resolve_columns
+
+Column = Union[str, int]
+
+
+class _Sharded:
+    """Rank slicing, epoch shuffling and resumable iteration over ``total`` global rows."""
+
+    def _init_sampling(self, total: int, rank: int, world_size: int, shuffle: bool, seed: int):
+        if total == 0:
+            raise DataError("file holds no rows", self.path)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.total, self.rank, self.world_size = total, rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+        self.per_rank = math.ceil(total / world_size)
+        self.epoch, self.position = 1, 0
+        self._order = self._global_order()
+
+    def _global_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.total)
+        return np.random.default_rng(self.seed + self.epoch).permutation(self.total)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+            self._order = self._global_order()
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def global_index(self, i: int) -> int:
+        """Global row number behind this rank's ``i``-th row in the current epoch."""
+        if not 0 <= i < self.per_rank:
+            raise IndexError(f"row {i} out of range for a rank slice of {self.per_rank}")
+        return int(self._order[(self.rank * self.per_rank + i) % self.total])
+
+    def is_padding(self, i: int) -> bool:
+        """True for rows repeated only to even out the ranks."""
+        return self.rank * self.per_rank + i >= self.total
+
+    def __getitem__(self, i: int):
+        return self.read_row(self.global_index(i))
+
+    def __iter__(self) -> Iterator:
+        while self.position < self.per_rank:
+            row = self[self.position]
+            self.position += 1
+            yield row
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.set_epoch(int(state["epoch"]))
+        self.position = int(state["position"])
+
+    def read_row(self, g: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TSVReader(_Sharded):
+    """Rows of an official OFA TSV file.
+
+    Args:
+        path: the ``.tsv`` file.
+        schema: a ``Schema`` or its name; needed to select columns by name and to check the column
+            count of every row.
+        columns: names or indices of the columns to return (default: all, in file order).
+        rank, world_size: this process's slice.
+        shuffle, seed: per-epoch shuffling of the global order.
+        index_cache: store the byte-offset index in ``<path>.index`` and reuse it while the file's
+            size and modification time are unchanged.
+    """
+
+    def __init__(self, path: str, schema: Union[Schema, str, None] = None, columns: Optional[Sequence[Column]] = None,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 1,
+                 separator: str = "\t", index_cache: bool = False):
+        self.path = path
+        if not os.path.isfile(path):
+            raise DataError("file not found", path)
+        self.schema = get_schema(schema) if isinstance(schema, str) else schema
+        self.separator = separator
+        if columns is None:
+            self.columns: Optional[Tuple[int, ...]] = None
+        elif self.schema is not None:
+            self.columns = resolve_columns(self.schema, columns)
+        else:
+            if not all(isinstance(c, int) for c in columns):
+                raise DataError("selecting columns by name needs a schema", path)
+            self.columns = tuple(columns)  # type: ignore[arg-type]
+        self.offsets = self._load_index(index_cache)
+        self._handle = None
+        self._init_sampling(len(self.offsets), rank, world_size, shuffle, seed)
+
+    @property
+    def column_names(self) -> Tuple[str, ...]:
+        if self.schema is None:
+            return tuple(str(c) for c in (self.columns or ()))
+        idx = self.columns if self.columns is not None else range(len(self.schema.columns))
+        return tuple(self.schema.columns[i] for i in idx)
+
+    def _load_index(self, use_cache: bool) -> np.ndarray:
+        stat = os.stat(self.path)
+        cache = self.path + ".index"
+        if use_cache and os.path.isfile(cache):
+            with open(cache, "rb") as f:
+                saved = pickle.load(f)
+            if saved.get("size") == stat.st_size and saved.get("mtime") == stat.st_mtime_ns:
+                return saved["offsets"]
+        offsets: List[int] = []
+        pos = 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    offsets.append(pos)
+                pos += len(line)
+        arr = np.asarray(offsets, dtype=np.int64)
+        if use_cache:
+            tmp = cache + ".partial"
+            with open(tmp, "wb") as f:
+                pickle.dump({"size": stat.st_size, "mtime": stat.st_mtime_ns, "offsets": arr}, f)
+            os.replace(tmp, cache)
+        return arr
+
+    def _file(self):
+        if self._handle is None:
+            self._handle = open(self.path, "rb")
+        return self._handle
+
+    def __getstate__(self):  # file handles do not cross process boundaries (DataLoader workers)
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+    def read_fields(self, g: int) -> List[str]:
+        """All fields of global row ``g``, with the column count checked."""
+        f = self._file()
+        f.seek(int(self.offsets[g]))
+        line = f.readline().decode("utf-8").rstrip("\r\n")
+        fields = line.split(self.separator)
+        if self.schema is not None and len(fields) != len(self.schema.columns):
+            raise DataError(f"expected {len(self.schema.columns)} columns {list(self.schema.columns)}, "
+                            f"got {len(fields)}", self.path, g)
+        return fields
+
+    def read_row(self, g: int) -> Tuple[str, ...]:
+        fields = self.read_fields(g)
+        if self.columns is None:
+            return tuple(fields)
+        try:
+            return tuple(fields[c] for c in self.columns)
+        except IndexError:
+            raise DataError(f"row has {len(fields)} columns, fewer than the selected {self.columns}",
+                            self.path, g) from None
+
+
+class HDF5Reader(_Sharded):
+    """Rows of an HDF5 shard written by ``tsv_to_hdf5``: one dataset per column.
+
+    Text columns are variable-length UTF-8 strings; image columns hold the raw encoded image bytes
+    (``bytes``). The file's ``schema`` attribute names the layout.
+    """
+
+    def __init__(self, path: str, columns: Optional[Sequence[Column]] = None, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = False, seed: int = 1):
+        import h5py
+
+        self.path = path
+        if not os.path.isfile(path):
+            raise DataError("file not found", path)
+        self._h5 = None
+        with h5py.File(path, "r") as f:
+            name = f.attrs.get("schema")
+            if name is None:
+                raise DataError("not an OFA HDF5 shard (no 'schema' attribute)", path)
+            self.schema = get_schema(str(name))
+            total = int(f.attrs["rows"])
+        idx = resolve_columns(self.schema, columns) if columns is not None else tuple(range(len(self.schema.columns)))
+        self.columns = idx
+        self._init_sampling(total, rank, world_size, shuffle, seed)
+
+    @property
+    def column_names(self) -> Tuple[str, ...]:
+        return tuple(self.schema.columns[i] for i in self.columns)
+
+    def _file(self):
+        if self._h5 is None:
+            import h5py
+
+            self._h5 = h5py.File(self.path, "r")
+        return self._h5
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        return state
+
+    def read_row(self, g: int) -> Tuple[Union[str, bytes], ...]:
+        f = self._file()
+        out = []
+        for c in self.columns:
+            name = self.schema.columns[c]
+            value = f[name][g]
+            if name in self.schema.image_columns:
+                out.append(value.tobytes())
+            else:
+                out.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+        return tuple(out)
+
+
+def open_reader(path: str, schema: Union[Schema, str, None] = None, columns: Optional[Sequence[Column]] = None,
+                **kwargs) -> _Sharded:
+    """A ``TSVReader`` or ``HDF5Reader`` by file extension (``.h5`` / ``.hdf5`` -> HDF5)."""
+    if path.endswith((".h5", ".hdf5")):
+        return HDF5Reader(path, columns=columns, **{k: v for k, v in kwargs.items() if k in
+                                                    ("rank", "world_size", "shuffle", "seed")})
+    return TSVReader(path, schema=schema, columns=columns, **kwargs)
