@@ -11,7 +11,8 @@ setup(
     version="0.1.0",
     description="OFA (One For All) unified vision-language seq2seq model as a fairseq plugin",
     python_requires=">=3.9",
-    packages=["ofa", "ofa.model", "ofa.generate", "ofa.tasks", "ofa.criterions", "ofa.data_utils"],
+    packages=["ofa", "ofa.model", "ofa.generate", "ofa.tasks", "ofa.criterions", "ofa.data_utils",
+              "ofa.data_utils.synth", "ofa.data_utils.converters"],
     package_dir={"ofa.tasks": "tasks", "ofa.criterions": "criterions", "ofa.data_utils": "data_utils"},
     install_requires=[
         # pip takes torch 2.14.1 / torchvision 0.29.1 from local disk here; newer pairs also work
@@ -31,6 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ofa-tokenizer=ofa.tokenizer:main",
+            "ofa-data=ofa.data_utils.cli:main",
         ]
     },
 )

@@ -100,12 +100,15 @@ class TSVReader(_Sharded):
         shuffle, seed: per-epoch shuffling of the global order.
         index_cache: store the byte-offset index in ``<path>.index`` and reuse it while the file's
             size and modification time are unchanged.
+        names: names for the selected columns (legacy ``--selected-cols`` index lists on files of
+            another layout; the column count is then not checked).
     """
 
     def __init__(self, path: str, schema: Union[Schema, str, None] = None, columns: Optional[Sequence[Column]] = None,
                  rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 1,
-                 separator: str = "\t", index_cache: bool = False):
+                 separator: str = "\t", index_cache: bool = False, names: Optional[Sequence[str]] = None):
         self.path = path
+        self._names = tuple(names) if names is not None else None
         if not os.path.isfile(path):
             raise DataError("file not found", path)
         self.schema = get_schema(schema) if isinstance(schema, str) else schema
@@ -124,6 +127,8 @@ class TSVReader(_Sharded):
 
     @property
     def column_names(self) -> Tuple[str, ...]:
+        if self._names is not None:
+            return self._names
         if self.schema is None:
             return tuple(str(c) for c in (self.columns or ()))
         idx = self.columns if self.columns is not None else range(len(self.schema.columns))

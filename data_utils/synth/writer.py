@@ -1,0 +1,179 @@
+"""Stream the benchmark to disk: images are made one at a time (optionally in worker processes, results
+kept in image order) and their rows go straight to every open file, so memory does not grow with the
+number of images.
+
+All TSV files follow the official column orders (``formats.get_schema(name).columns``). Each file is
+written to a temporary name and renamed when complete, like ``tsv_writer.write_tsv`` (which takes one
+file's rows at a time; here one image feeds fifteen files at once, so the files are kept open side by side).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import tempfile
+import time
+from typing import Dict, Iterator, Optional
+
+from ..errors import DataError
+from ..formats import get_schema
+from .language import corpus_facts
+from .records import TASKS, ImageRecord, SynthConfig, make_record
+from .scenes import LARGE_EXTENT, MIN_VISIBLE, SMALL_EXTENT
+from .splits import SPLITS, choose_held_out
+from .vocab import COLOR_NAMES, SHAPES, SIZES, answer_vocabulary, class_names
+
+BOX_CONVENTION = ("x0,y0,x1,y1 in pixels of the image, origin at the top-left corner; tight box of the "
+                  "object's visible pixels, which fill columns x0..x1-1 and rows y0..y1-1")
+
+
+class _Sink:
+    """A text file written under a temporary name and renamed into place by ``commit``."""
+
+    def __init__(self, path: str, columns: Optional[tuple] = None):
+        self.path, self.columns, self.rows = path, columns, 0
+        fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
+                                        dir=os.path.dirname(path))
+        self.f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def write_row(self, row: Dict) -> None:
+        values = [str(row[c]) for c in self.columns]
+        for v, c in zip(values, self.columns):
+            if "\t" in v or "\n" in v or "\r" in v:
+                raise DataError("field contains a tab or newline", self.path, self.rows, c)
+        self.f.write("\t".join(values) + "\n")
+        self.rows += 1
+
+    def write_line(self, line: str) -> None:
+        if "\n" in line or "\r" in line:
+            raise DataError("line contains a newline", self.path, self.rows)
+        self.f.write(line + "\n")
+        self.rows += 1
+
+    def commit(self) -> None:
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+_WORKER_CFG: Optional[SynthConfig] = None
+
+
+def _init_worker(cfg: SynthConfig) -> None:
+    global _WORKER_CFG
+    _WORKER_CFG = cfg
+
+
+def _work(i: int) -> ImageRecord:
+    return make_record(i, _WORKER_CFG)
+
+
+def iter_records(cfg: SynthConfig, workers: int = 1, block: int = 4096) -> Iterator[ImageRecord]:
+    """Records of images ``0 .. num_images-1`` in order; with ``workers > 1`` they are made in a
+    process pool, ``block`` images at a time (bounding the results waiting in memory)."""
+    if workers <= 1:
+        for i in range(cfg.num_images):
+            yield make_record(i, cfg)
+        return
+    with multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        for start in range(0, cfg.num_images, block):
+            yield from pool.imap(_work, range(start, min(cfg.num_images, start + block)), chunksize=8)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    tmp = path + ".partial"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, obj) -> None:
+    _write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
+
+
+def generate(out_dir: str, cfg: SynthConfig, num_held_out: int = 4, workers: int = 1,
+             progress=None) -> Dict:
+    """Write the whole benchmark into ``out_dir`` and return the manifest (also ``manifest.json``).
+
+    Every file except ``manifest.json`` (which records the timing) is byte-identical for the same
+    arguments, whatever the number of workers.
+    """
+    if cfg.num_images < 1 or cfg.image_size < 32:
+        raise ValueError("need at least one image and an image size of at least 32 pixels")
+    if not (0 <= cfg.valid_frac < 1 and 0 <= cfg.test_frac < 1 and cfg.valid_frac + cfg.test_frac < 1):
+        raise ValueError("valid and test fractions must be in [0, 1) and sum to less than 1")
+    held = choose_held_out(cfg.seed, num_held_out)
+    cfg = SynthConfig(**{**cfg.__dict__, "held_out": tuple(held)})
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.perf_counter()
+
+    sinks: Dict[str, _Sink] = {}
+    try:
+        for task in TASKS:
+            for split in SPLITS:
+                sinks[f"{task}_{split}.tsv"] = _Sink(os.path.join(out_dir, f"{task}_{split}.tsv"),
+                                                     get_schema(task).columns)
+        for split in SPLITS:
+            sinks[f"scenes_{split}.jsonl"] = _Sink(os.path.join(out_dir, f"scenes_{split}.jsonl"))
+        corpus = sinks["text_corpus.txt"] = _Sink(os.path.join(out_dir, "text_corpus.txt"))
+        for line in corpus_facts():
+            corpus.write_line(line)
+        images = {s: 0 for s in SPLITS}
+        for n, rec in enumerate(iter_records(cfg, workers), 1):
+            images[rec.split] += 1
+            for task, rows in rec.rows.items():
+                sink = sinks[f"{task}_{rec.split}.tsv"]
+                for row in rows:
+                    sink.write_row(row)
+            sinks[f"scenes_{rec.split}.jsonl"].write_line(json.dumps(rec.scene, separators=(",", ":")))
+            for line in rec.corpus:
+                corpus.write_line(line)
+            if progress and n % 1000 == 0:
+                progress(n, time.perf_counter() - t0)
+        for sink in sinks.values():
+            sink.commit()
+    except BaseException:
+        for sink in sinks.values():
+            if not sink.f.closed:
+                sink.abort()
+        raise
+
+    answers = answer_vocabulary()
+    ans2label = {a: k for k, a in enumerate(answers)}
+    _write_json(os.path.join(out_dir, "vqa_ans2label.json"), ans2label)
+    _write_bytes(os.path.join(out_dir, "trainval_ans2label.pkl"), pickle.dumps(ans2label, protocol=4))
+    names = class_names()
+    _write_bytes(os.path.join(out_dir, "class_names.txt"), "".join(n + "\n" for n in names).encode("utf-8"))
+    seconds = time.perf_counter() - t0
+
+    files = {name: sink.rows for name, sink in sorted(sinks.items())}
+    files.update({"vqa_ans2label.json": len(answers), "trainval_ans2label.pkl": len(answers),
+                  "class_names.txt": len(names)})
+    manifest = {
+        "generator": "ofa.data_utils.synth",
+        "seed": cfg.seed, "num_images": cfg.num_images, "images_per_split": images,
+        "image_size": [cfg.image_size, cfg.image_size], "image_format": "PNG (base64)",
+        "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
+        "held_out_combos": [list(c) for c in held],
+        "split_policy": ("train and valid (in-distribution) never show or name a held-out (colour, shape) pair; "
+                         "test is compositional: each test image's main object is a held-out pair and every "
+                         "test caption, referring expression, question and hypothesis is about one"),
+        "colors": list(COLOR_NAMES), "shapes": list(SHAPES), "sizes": list(SIZES),
+        "size_extent_fraction": {"small": list(SMALL_EXTENT), "large": list(LARGE_EXTENT)},
+        "min_visible_fraction": MIN_VISIBLE,
+        "box_convention": BOX_CONVENTION,
+        "ids": "image_id = image index i; uniq_id / question_id = 10 * i + k for the k-th row of image i",
+        "classification": "label = colour and shape of the largest visible object; label_index is 1-based in "
+                          "class_names.txt",
+        "files": files,
+        "workers": workers,
+        "generation_seconds": round(seconds, 3),
+        "images_per_second": round(cfg.num_images / max(seconds, 1e-9), 1),
+    }
+    _write_json(os.path.join(out_dir, "manifest.json"), manifest)
+    return manifest
