@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="OFA (One For All) unified vision-language seq2seq model as a fairseq plugin",
     python_requires=">=3.9",
-    packages=["ofa", "ofa.model", "ofa.generate", "ofa.tasks", "ofa.criterions", "ofa.data_utils",
+    packages=["ofa", "ofa.model", "ofa.generate", "ofa.cli", "ofa.metrics", "ofa.tasks", "ofa.criterions", "ofa.data_utils",
               "ofa.data_utils.synth", "ofa.data_utils.converters"],
     package_dir={"ofa.tasks": "tasks", "ofa.criterions": "criterions", "ofa.data_utils": "data_utils"},
     install_requires=[
@@ -33,6 +33,10 @@ setup(
         "console_scripts": [
             "ofa-tokenizer=ofa.tokenizer:main",
             "ofa-data=ofa.data_utils.cli:main",
+            "ofa-train=ofa.cli.train:main",
+            "ofa-evaluate=ofa.cli.evaluate:main",
+            "ofa-checkpoints=ofa.hub:main",
+            "ofa-predict=ofa.cli.predict:main",
         ]
     },
 )

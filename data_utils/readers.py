@@ -4,10 +4,11 @@ Both readers return rows as tuples of strings (TSV) or of ``str`` / ``bytes`` (H
 raw encoded bytes, no base64) in the order of the selected columns, and share one sampling scheme:
 
 - ``rank`` / ``world_size`` split the rows so that **every rank gets the same number of rows, at least
-  one**: the global order is cut into ``ceil(total / world)`` rows per rank and short ranks wrap
-  around to the start (like ``DistributedSampler``), so no rank ever yields an empty batch (the
-  official ``FileDataset`` gives ranks different counts and crashes on the empty last batch).
-  Duplicated rows are marked so evaluation can drop them (``is_padding``).
+  one**: rank ``r`` reads global positions ``r, r + W, r + 2W, ...`` (``ceil(total / world)`` of them,
+  wrapping around to the start like ``DistributedSampler``), so no rank ever yields an empty batch
+  (the official ``FileDataset`` gives ranks different counts and crashes on the empty last batch), and
+  batch ``i`` of all ranks together is exactly batch ``i`` of a single process with ``W`` times the
+  batch size. Duplicated rows are marked so evaluation can drop them (``is_padding``).
 - ``set_epoch(e)`` reshuffles the global order with ``seed + e`` (no file copies); ``shuffle=False``
   keeps file order.
 - ``state_dict()`` / ``load_state_dict()`` save and restore ``(epoch, position)``; ``__iter__`` continues
@@ -62,11 +63,11 @@ class _Sharded:
         """Global row number behind this rank's ``i``-th row in the current epoch."""
         if not 0 <= i < self.per_rank:
             raise IndexError(f"row {i} out of range for a rank slice of {self.per_rank}")
-        return int(self._order[(self.rank * self.per_rank + i) % self.total])
+        return int(self._order[(i * self.world_size + self.rank) % self.total])
 
     def is_padding(self, i: int) -> bool:
         """True for rows repeated only to even out the ranks."""
-        return self.rank * self.per_rank + i >= self.total
+        return i * self.world_size + self.rank >= self.total
 
     def __getitem__(self, i: int):
         return self.read_row(self.global_index(i))

@@ -9,7 +9,9 @@ from . import model  # noqa: F401  (registers the model and architectures)
 from . import criterions, data_utils, tasks  # noqa: F401  (register tasks and criteria; see setup.py)
 from .checkpoint import build_model_for_arch, export_safetensors, load_model, save_checkpoint
 from .generate import SequenceGenerator, Trie
+from .hub import resolve_checkpoint  # noqa: F401  (checkpoints by name / URL / path; see ofa/hub.py)
+from .inference import inference_model  # noqa: F401
 from .tokenizer import load_tokenizer
 
-__all__ = ["load_model", "build_model_for_arch", "export_safetensors", "save_checkpoint", "SequenceGenerator",
+__all__ = ["resolve_checkpoint", "load_model", "build_model_for_arch", "export_safetensors", "save_checkpoint", "SequenceGenerator",
            "Trie", "load_tokenizer", "__version__"]

@@ -125,6 +125,8 @@ def detect_format(obj: Any) -> str:
     """``"fairseq"`` (trainer dict), ``"mmpretrain"`` (bare, ``model.`` keys) or ``"official_bare"``."""
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         return "fairseq"
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "model" not in obj:
+        obj = obj["state_dict"]  # mmengine wraps weights as {"state_dict": ..., "meta": ...}
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if any(k.startswith("model.") for k in obj):
             return "mmpretrain"
@@ -328,6 +330,8 @@ def load_model(path: str, bpe_dir: Optional[str] = None, ema: bool = False,
         return _load_export(path, bpe_dir, overrides)
     obj = safe_load(path)
     fmt = detect_format(obj)
+    if fmt != "fairseq" and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
     task_cfg: Dict[str, Any] = {}
     used_ema = False
     if fmt == "fairseq":

@@ -1,5 +1,6 @@
-"""fairseq tasks of OFA, one per file (installed as ``ofa.tasks``).
+"""fairseq tasks of OFA, one per file (installed as ``ofa.tasks``); importing registers them.
 
-Finetuning and pretraining tasks land here (caption, refcoco, vqa_gen, snli_ve, image_classify, unify, ...);
-``ofa/__init__.py`` imports this package so that importing ``ofa`` registers them.
+``ofa_task.OFATask`` is the shared base (data, batching, generation, metrics); ``closed_set`` holds
+the candidate-answer machinery of the VQA / entailment / classification tasks.
 """
+from . import caption, image_classify, refcoco, snli_ve, vqa_gen  # noqa: F401

@@ -6,7 +6,6 @@ field names, so an official checkpoint's ``cfg["model"]`` Namespace maps onto it
 are the switches every released checkpoint was trained with
 (``--add-type-embedding --scale-attn --scale-fc --scale-heads --disable-entangle``).
 """
-from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
@@ -69,9 +68,6 @@ class OFAModelConfig(FairseqDataclass):
     freeze_resnet: bool = field(default=False, metadata={"help": "frozen BatchNorm in the ResNet"})
     freeze_encoder_embedding: bool = field(default=False, metadata={"help": "freeze the encoder embedding"})
     freeze_decoder_embedding: bool = field(default=False, metadata={"help": "freeze the decoder embedding"})
-    sample_patch_num: Optional[int] = field(
-        default=None, metadata={"help": "keep this many random patches per image in training (None: all)"}
-    )
     attention_impl: str = field(
         default="sdpa", metadata={"help": "attention kernel: sdpa (torch fused) or math (explicit softmax)"}
     )

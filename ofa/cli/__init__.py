@@ -1,0 +1,1 @@
+"""Command-line entry points: ``ofa-train``, ``ofa-evaluate``, ``ofa-predict``."""

@@ -1,0 +1,78 @@
+"""Shared setup of the command-line tools: plugin registration, safe unpickling, atomic copies."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import torch
+
+
+def setup() -> None:
+    """Register the plugin and let fairseq's loaders read official checkpoints safely.
+
+    fairseq calls ``torch.load`` with the torch >= 2.6 default (``weights_only``); official and
+    fairseq-written checkpoints hold ``argparse.Namespace`` configs and numpy scalars, which are
+    allowlisted here. Nothing else is: arbitrary pickled objects are still refused.
+    """
+    import logging
+
+    import ofa  # noqa: F401  (registers models, tasks and criteria)
+
+    logging.getLogger("PIL").setLevel(logging.INFO)  # PIL logs every PNG chunk at DEBUG
+    from ofa.checkpoint import SAFE_GLOBALS
+
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+    _make_checkpoint_copies_atomic()
+
+
+def _make_checkpoint_copies_atomic() -> None:
+    """fairseq writes ``checkpoint_last.pt`` etc. by copying the first checkpoint; copy via a temp file."""
+    from fairseq.file_io import PathManager
+
+    if getattr(PathManager, "_ofa_atomic_copy", False):
+        return
+    original = PathManager.copy
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if "://" in src_path or "://" in dst_path:
+            return original(src_path, dst_path, overwrite)
+        if os.path.exists(dst_path) and not overwrite:
+            return False
+        folder = os.path.dirname(os.path.abspath(dst_path))
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst_path) + ".", suffix=".partial", dir=folder)
+        os.close(fd)
+        try:
+            shutil.copyfile(src_path, tmp)
+            os.replace(tmp, dst_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return True
+
+    PathManager.copy = staticmethod(copy)
+    PathManager._ofa_atomic_copy = True
+
+
+def configure_distributed(cfg) -> None:
+    """Fill the distributed config from torchrun's environment, including CPU-only (gloo) runs.
+
+    fairseq's own inference divides by ``torch.cuda.device_count()`` and assumes NCCL; here the
+    device is ``LOCAL_RANK`` on GPUs, and CPU runs use gloo with fairseq's legacy DDP wrapper.
+    """
+    dt = cfg.distributed_training
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dt.distributed_init_method is not None:
+        return
+    on_gpu = torch.cuda.is_available() and not cfg.common.cpu
+    dt.distributed_init_method = "env://"
+    dt.distributed_world_size = world
+    dt.distributed_rank = int(os.environ["RANK"])
+    dt.device_id = int(os.environ.get("LOCAL_RANK", "0")) if on_gpu else 0
+    dt.distributed_no_spawn = True
+    if not on_gpu:
+        cfg.common.cpu = True
+        dt.distributed_backend = "gloo"
+        if dt.ddp_backend in ("c10d", "pytorch_ddp"):
+            dt.ddp_backend = "legacy_ddp"

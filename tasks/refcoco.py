@@ -1,0 +1,51 @@
+"""``refcoco``: visual grounding for RefCOCO / RefCOCO+ / RefCOCOg (official ``tasks/mm_tasks/refcoco.py``).
+
+The target is four ``<bin_i>`` tokens ``x0 y0 x1 y1``; decoding is restricted to bin tokens
+(``constraint_range`` over the bins, min and max length 4) and the bins are mapped back to
+original-image pixels with the resize ratios. The metric is Acc@0.5 with the official IoU rule.
+"""
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+from fairseq.tasks import register_task
+
+from ..data_utils.boxes import bins_to_box, grounding_hits
+from ..data_utils.datasets import RefcocoDataset
+from .ofa_task import OFATask, OFATaskConfig
+
+
+@dataclass
+class RefcocoConfig(OFATaskConfig):
+    patch_image_size: int = field(default=512, metadata={"help": "side of the square model input image"})
+    eval_max_len_b: int = field(default=4, metadata={"help": "a box is exactly four tokens"})
+    eval_min_len: int = field(default=4, metadata={"help": "a box is exactly four tokens"})
+
+
+@register_task("refcoco", dataclass=RefcocoConfig)
+class RefcocoTask(OFATask):
+    dataset_cls = RefcocoDataset
+    schema = "refcoco"
+    metric_name = "acc"
+
+    def generator_kwargs(self):
+        kwargs = super().generator_kwargs()
+        kwargs["constraint_range"] = f"{self.vocab.bin_start},{self.vocab.bin_start + self.vocab.num_bins}"
+        return kwargs
+
+    def inference(self, model, sample) -> List[List[float]]:
+        hyps = self.generator.generate([model], self.net_input_for_generation(sample))
+        boxes = []
+        for i, h in enumerate(hyps):
+            bins = (h[0]["tokens"][:4] - self.vocab.bin_start).clamp(0, self.vocab.num_bins - 1)
+            boxes.append(list(bins_to_box(bins, float(sample["w_resize_ratios"][i]), float(sample["h_resize_ratios"][i]),
+                                          self.cfg.max_image_size, self.cfg.num_bins)))
+        return boxes
+
+    def score(self, predictions, sample) -> List[float]:
+        pred = torch.tensor(predictions, dtype=torch.float64)
+        gold = sample["region_coords"].to(torch.float64).cpu()
+        return grounding_hits(pred, gold).float().tolist()
+
+    def prediction_records(self, predictions, sample):
+        return [{"uniq_id": uid, "box": [round(v, 2) for v in box]} for uid, box in zip(sample["uniq_ids"], predictions)]

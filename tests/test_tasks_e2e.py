@@ -1,0 +1,60 @@
+"""Every finetuning task trains a few steps and evaluates on the embedded benchmark (ofa_test, CPU)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ofa.cli.evaluate import main as evaluate_main
+from ofa.cli.train import main as train_main
+
+TASKS = {
+    "caption": (["--eval-max-len-b", "6", "--eval-no-repeat-ngram-size", "3"], "cider"),
+    "refcoco": ([], "acc"),
+    "vqa_gen": (["--ans2label-file", "{data}/vqa_ans2label.json", "--prompt-type", "prev_output"], "vqa_score"),
+    "snli_ve": (["--prompt-type", "prev_output"], "snli_score"),
+    "image_classify": (["--ans2label-file", "{data}/class_names.txt"], "accuracy"),
+}
+FILES = {"caption": "caption", "refcoco": "refcoco", "vqa_gen": "vqa", "snli_ve": "snli_ve",
+         "image_classify": "image_classify"}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A 24-image embedded benchmark at 64 px and a SentencePiece tokenizer trained on its text."""
+    from ofa.data_utils.synth import main as synth_main
+    from ofa.tokenizer import train_sentencepiece
+
+    out = tmp_path_factory.mktemp("synth")
+    synth_main([str(out), "--num-images", "24", "--image-size", "64", "--seed", "0"])
+    train_sentencepiece(str(out / "text_corpus.txt"), str(out / "tok"), vocab_size=400)
+    return out
+
+
+def train_args(task, data, save, extra=()):
+    name = FILES[task]
+    return [f"{data}/{name}_train.tsv,{data}/{name}_valid.tsv", "--task", task, "--bpe-dir", f"{data}/tok",
+            "--arch", "ofa_test", "--cpu", "--patch-image-size", "64", "--batch-size", "4", "--max-update", "2",
+            "--optimizer", "adam", "--lr", "1e-3", "--criterion", "adjust_label_smoothed_cross_entropy",
+            "--label-smoothing", "0.1", "--save-dir", str(save), "--no-epoch-checkpoints", "--log-format", "simple",
+            "--num-workers", "0", "--validate-interval-updates", "2", "--batch-size-valid", "8", "--seed", "1",
+            "--best-checkpoint-metric", TASKS[task][1], "--maximize-best-checkpoint-metric",
+            *[a.format(data=data) for a in TASKS[task][0]], *extra]
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_task_trains_and_evaluates(task, bench, tmp_path):
+    save = tmp_path / "ckpt"
+    train_main(train_args(task, bench, save))
+    assert (save / "checkpoint_last.pt").is_file() and (save / "checkpoint_best.pt").is_file()
+    results = tmp_path / "results"
+    evaluate_main([f"{bench}/{FILES[task]}_test.tsv", "--path", str(save / "checkpoint_last.pt"),
+                   "--results-path", str(results), "--batch-size", "8"])
+    metrics = json.loads((results / "test_metrics.json").read_text())
+    predictions = json.loads((results / "test_predict.json").read_text())
+    metric = TASKS[task][1]
+    assert 0.0 <= metrics[metric] <= (10.0 if metric == "cider" else 1.0)
+    n_rows = sum(1 for line in open(f"{bench}/{FILES[task]}_test.tsv") if line.strip())
+    assert metrics["count"] == n_rows == len(predictions)
+    assert not list(results.glob("*.partial"))
