@@ -205,6 +205,7 @@ class HDF5Reader(_Sharded):
         if not os.path.isfile(path):
             raise DataError("file not found", path)
         self._h5 = None
+        self._sets = None
         with h5py.File(path, "r") as f:
             name = f.attrs.get("schema")
             if name is None:
@@ -229,14 +230,19 @@ class HDF5Reader(_Sharded):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_h5"] = None
+        state["_sets"] = None
         return state
 
+    def _datasets(self):
+        if self._sets is None:
+            f = self._file()
+            self._sets = [(self.schema.columns[c], f[self.schema.columns[c]]) for c in self.columns]
+        return self._sets
+
     def read_row(self, g: int) -> Tuple[Union[str, bytes], ...]:
-        f = self._file()
         out = []
-        for c in self.columns:
-            name = self.schema.columns[c]
-            value = f[name][g]
+        for name, dataset in self._datasets():
+            value = dataset[g]
             if name in self.schema.image_columns:
                 out.append(value.tobytes())
             else:

@@ -5,6 +5,8 @@ Importing ``ofa`` registers the ``ofa`` model and its architectures (``ofa_tiny`
 """
 __version__ = "0.1.0"
 
+import logging as _logging
+
 from . import model  # noqa: F401  (registers the model and architectures)
 from . import criterions, data_utils, tasks  # noqa: F401  (register tasks and criteria; see setup.py)
 from .checkpoint import build_model_for_arch, export_safetensors, load_model, save_checkpoint
@@ -12,6 +14,9 @@ from .generate import SequenceGenerator, Trie
 from .hub import resolve_checkpoint  # noqa: F401  (checkpoints by name / URL / path; see ofa/hub.py)
 from .inference import inference_model  # noqa: F401
 from .tokenizer import load_tokenizer
+
+# importing fairseq leaves the root logger at DEBUG, which makes PIL log every PNG chunk
+_logging.getLogger("PIL").setLevel(_logging.INFO)
 
 __all__ = ["resolve_checkpoint", "load_model", "build_model_for_arch", "export_safetensors", "save_checkpoint", "SequenceGenerator",
            "Trie", "load_tokenizer", "__version__"]
