@@ -159,7 +159,9 @@ class ClosedSetTask(OFATask):
         logger.info(f"{len(self.answer_set)} candidate answers")
 
     def build_generator(self, models, args=None, **overrides):
-        if self.cfg.val_inference_type == "beamsearch" and "constraint_trie" not in overrides:
+        # open-ended models (--unconstrained-training) decode freely; closed-set ones through the trie
+        if (self.cfg.val_inference_type == "beamsearch" and not self.cfg.unconstrained_training
+                and "constraint_trie" not in overrides):
             overrides["constraint_trie"] = self.answer_set.trie
         return super().build_generator(models, args, **overrides)
 
@@ -179,6 +181,8 @@ class ClosedSetTask(OFATask):
 
     def inference(self, model, sample) -> List[str]:
         if self.cfg.val_inference_type == "allcand":
+            if self.cfg.unconstrained_training:
+                raise ValueError("open-ended (--unconstrained-training) models need --val-inference-type beamsearch")
             scores = self.answer_set.score_candidates(model, sample, self.cfg.valid_batch_size)
             return [self.answer_set.answers[i] for i in scores.argmax(1).tolist()]
         prefix = sample.get("prefix_tokens")

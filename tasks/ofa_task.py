@@ -132,6 +132,11 @@ class OFATask(FairseqTask):
         self.datasets[split] = self.dataset_cls(reader, self.tokenizer, self.data_config(), split)
         logger.info(f"{split}: {path}, {len(reader)} rows on this rank of {reader.total}")
 
+    def begin_epoch(self, epoch, model):
+        for split, ds in self.datasets.items():
+            if getattr(ds, "skipped", 0):
+                logger.warning(f"{split}: {ds.skipped} bad rows skipped so far (--bad-rows skip)")
+
     def has_sharded_data(self, split):
         # reload every epoch: the file rotates and the reader reshuffles
         return split == "train" and bool(self.cfg.data) and len(self.cfg.data.split(",")) > 2

@@ -58,3 +58,23 @@ def test_task_trains_and_evaluates(task, bench, tmp_path):
     n_rows = sum(1 for line in open(f"{bench}/{FILES[task]}_test.tsv") if line.strip())
     assert metrics["count"] == n_rows == len(predictions)
     assert not list(results.glob("*.partial"))
+
+
+def test_a_task_added_through_user_dir_trains_and_evaluates(bench, tmp_path):
+    """A new task is one file in a --user-dir plugin (tests/plugin_example/tasks/object_count.py)."""
+    plugin = Path(__file__).resolve().parent / "plugin_example"
+    save = tmp_path / "ckpt"
+    args = train_args("caption", bench, save)
+    args[args.index("--task") + 1] = "object_count"
+    args[args.index("--best-checkpoint-metric") + 1] = "accuracy"
+    for flag in ("--eval-max-len-b", "--eval-no-repeat-ngram-size"):
+        i = args.index(flag)
+        del args[i:i + 2]
+    train_main(["--user-dir", str(plugin), *args])
+    results = tmp_path / "results"
+    evaluate_main([f"{bench}/caption_test.tsv", "--path", str(save / "checkpoint_last.pt"), "--user-dir", str(plugin),
+                   "--results-path", str(results), "--batch-size", "8"])
+    metrics = json.loads((results / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["count"] > 0
+    records = json.loads((results / "test_predict.json").read_text())
+    assert {r["answer"] for r in records} <= {"zero", "one", "two", "three", "four", "five"}

@@ -1,7 +1,7 @@
 """``ofa-evaluate``: fairseq-generate style evaluation of a checkpoint over a data split.
 
     ofa-evaluate DATA --path CHECKPOINT [--task T] [--gen-subset test] [--results-path DIR]
-                 [--batch-size 16] [--bpe-dir BPE] [--ema] [--eval-beam 5 ... any task option]
+                 [--batch-size 16] [--bpe-dir BPE] [--ema] [--user-dir PLUGIN] [--eval-beam 5 ... any task option]
     torchrun --nproc_per_node=N $(which ofa-evaluate) ...        # each rank evaluates its slice
 
 The task and its options come from the checkpoint's saved task config; any task option given on the
@@ -125,7 +125,12 @@ def main(argv=None) -> int:
     pre.add_argument("--task")
     pre.add_argument("--bpe-dir")
     pre.add_argument("--ema", action="store_true")
+    pre.add_argument("--user-dir")
     known, _ = pre.parse_known_args(argv)
+    if known.user_dir:  # plugin tasks must be registered before the checkpoint's task is looked up
+        from fairseq import utils as fairseq_utils
+
+        fairseq_utils.import_user_module(argparse.Namespace(user_dir=known.user_dir))
     path = known.path
     try:
         from ofa.hub import resolve_checkpoint
@@ -143,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--path", required=True, help="checkpoint path, URL or published name")
     parser.add_argument("--task", default=task_name)
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument("--user-dir", help="plugin folder with extra tasks (as for ofa-train)")
     parser.add_argument("--gen-subset", default="test", help="label of the evaluated split (file names)")
     parser.add_argument("--results-path", default=".", help="where the JSON files go")
     parser.add_argument("--batch-size", type=int, default=16)
