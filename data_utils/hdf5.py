@@ -11,11 +11,11 @@ Going back to TSV re-encodes images as standard base64. Where a source row used 
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from typing import Optional
 
 import numpy as np
+
+from ofa.io_utils import atomic_output
 
 from .errors import DataError
 from .formats import get_schema
@@ -32,11 +32,7 @@ def tsv_to_hdf5(tsv_path: str, h5_path: str, schema: str) -> int:
 
     sch = get_schema(schema)
     reader = TSVReader(tsv_path, schema=sch)
-    folder = os.path.dirname(os.path.abspath(h5_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(h5_path) + ".", suffix=".partial", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(h5_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["schema"] = sch.name
             str_t = h5py.string_dtype("utf-8")
@@ -66,11 +62,6 @@ def tsv_to_hdf5(tsv_path: str, h5_path: str, schema: str) -> int:
                     else:
                         sets[col][g] = value
             f.attrs["rows"] = n
-        os.replace(tmp, h5_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return n
 
 

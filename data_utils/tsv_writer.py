@@ -1,9 +1,9 @@
 """Writing official-format TSV files atomically (temporary file, then rename)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Iterable, Mapping, Sequence, Union
+
+from ofa.io_utils import atomic_output
 
 from .errors import DataError
 from .formats import Schema
@@ -24,28 +24,19 @@ def write_tsv(path: str, schema: Schema, rows: Iterable[Row]) -> int:
     Returns:
         the number of rows written. The file appears only when complete.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for i, row in enumerate(rows):
-                if isinstance(row, Mapping):
-                    missing = [c for c in schema.columns if c not in row]
-                    if missing:
-                        raise DataError(f"row lacks columns {missing}", path, i)
-                    values = [row[c] for c in schema.columns]
-                else:
-                    values = list(row)
-                    if len(values) != len(schema.columns):
-                        raise DataError(f"expected {len(schema.columns)} columns {list(schema.columns)}, "
-                                        f"got {len(values)}", path, i)
-                f.write("\t".join(_clean(v, path, i, c) for v, c in zip(values, schema.columns)) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for i, row in enumerate(rows):
+            if isinstance(row, Mapping):
+                missing = [c for c in schema.columns if c not in row]
+                if missing:
+                    raise DataError(f"row lacks columns {missing}", path, i)
+                values = [row[c] for c in schema.columns]
+            else:
+                values = list(row)
+                if len(values) != len(schema.columns):
+                    raise DataError(f"expected {len(schema.columns)} columns {list(schema.columns)}, "
+                                    f"got {len(values)}", path, i)
+            f.write("\t".join(_clean(v, path, i, c) for v, c in zip(values, schema.columns)) + "\n")
+            n += 1
     return n

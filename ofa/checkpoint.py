@@ -25,13 +25,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .io_utils import atomic_output
 from .model.config import OFAModelConfig, config_for_arch
 from .model.ofa_model import OFAModel
 from .model.resnet import RESNET_LAYERS
@@ -375,17 +375,8 @@ def build_model_for_arch(arch: str, bpe_dir: str, released: bool = True, **overr
 # ---------------------------------------------------------------------------- writing
 def _atomic_write(path: str, writer: Callable[[str], None]) -> None:
     """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(model: OFAModel, path: str, task_cfg: Optional[Dict[str, Any]] = None,

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import torch
+
+from ofa.io_utils import atomic_output
 
 
 def setup() -> None:
@@ -39,16 +40,8 @@ def _make_checkpoint_copies_atomic() -> None:
             return original(src_path, dst_path, overwrite)
         if os.path.exists(dst_path) and not overwrite:
             return False
-        folder = os.path.dirname(os.path.abspath(dst_path))
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst_path) + ".", suffix=".partial", dir=folder)
-        os.close(fd)
-        try:
+        with atomic_output(dst_path) as tmp:
             shutil.copyfile(src_path, tmp)
-            os.replace(tmp, dst_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
         return True
 
     PathManager.copy = staticmethod(copy)
