@@ -52,3 +52,27 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(bench, tmp_path):
     assert state["extra_state"]["train_iterator"]["iterations_in_epoch"] == 2
     train_main(common(bench, resumed, 4, 4))  # picks up checkpoint_last.pt
     assert max_diff(weights(straight / "checkpoint_last.pt"), weights(resumed / "checkpoint_last.pt")) == 0.0
+
+
+def test_two_process_evaluation_equals_one_process(bench, tmp_path):
+    import json
+
+    from ofa.cli.evaluate import main as evaluate_main
+
+    save = tmp_path / "ckpt"
+    train_main(common(bench, save, 2, 4))
+    single = tmp_path / "single"
+    evaluate_main([f"{bench}/refcoco_test.tsv", "--path", str(save / "checkpoint_last.pt"),
+                   "--results-path", str(single), "--batch-size", "4"])
+    double = tmp_path / "double"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+           "-m", "ofa.cli.evaluate", f"{bench}/refcoco_test.tsv", "--path", str(save / "checkpoint_last.pt"),
+           "--results-path", str(double), "--batch-size", "4"]
+    out = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one = json.loads((single / "test_predict.json").read_text())
+    two = json.loads((double / "test_predict.json").read_text())
+    assert sorted(one, key=lambda r: r["uniq_id"]) == sorted(two, key=lambda r: r["uniq_id"])  # no row lost or doubled
+    m1 = json.loads((single / "test_metrics.json").read_text())
+    m2 = json.loads((double / "test_metrics.json").read_text())
+    assert (m1["acc"], m1["count"]) == (m2["acc"], m2["count"])
