@@ -14,6 +14,7 @@ fairseq's ``incremental_state`` dict, so fairseq's own generators can drive this
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Dict, Optional
 
 import torch
@@ -22,6 +23,14 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
 State = Dict[str, Dict[str, Optional[Tensor]]]
+
+try:  # cuDNN's fused attention builds a new plan for every new key length, which makes step-by-step
+    # decoding (the key length grows each step) several times slower; use the other fused kernels
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+except ImportError:  # pragma: no cover - older torch
+    sdpa_kernel = None
 
 
 @with_incremental_state
@@ -116,7 +125,9 @@ class MultiheadAttention(nn.Module):
             mask = mask.to(q.dtype)
         p = self.dropout if self.training else 0.0
         if self.impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
+            ctx = sdpa_kernel(_CUDA_BACKENDS) if q.is_cuda and sdpa_kernel is not None else nullcontext()
+            with ctx:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
         else:
             logits = q @ k.transpose(-1, -2)
             if mask is not None:
