@@ -234,6 +234,8 @@ def infer_config(state: Dict[str, torch.Tensor]) -> OFAModelConfig:
         scale_attn=has(".attn_ln."), scale_fc=has(".ffn_layernorm."), scale_heads=has(".c_attn"),
         scale_resids=has(".w_resid"), encoder_normalize_before=has("encoder.layer_norm."),
         decoder_normalize_before=has("decoder.layer_norm."), disable_entangle=True,
+        # not visible in weights; every released checkpoint ties all embeddings and does not scale them
+        share_all_embeddings=True, share_decoder_input_output_embed=True, no_scale_embedding=True,
     )
 
 

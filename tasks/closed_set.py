@@ -125,10 +125,9 @@ def load_answer_file(path: str) -> List[str]:
         with open(path) as f:
             mapping = json.load(f)
     elif path.endswith((".pkl", ".pickle", ".p")):
-        from ..data_utils.converters.safe_pickle import safe_loads
+        from ..data_utils.converters.safe_pickle import safe_load
 
-        with open(path, "rb") as f:
-            mapping = safe_loads(f.read())
+        mapping = safe_load(path, "answer list")
     else:
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]

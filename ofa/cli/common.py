@@ -25,6 +25,24 @@ def setup() -> None:
 
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
     _make_checkpoint_copies_atomic()
+    _ema_copies_integer_buffers()
+
+
+def _ema_copies_integer_buffers() -> None:
+    """fairseq's EMA decays every state entry; integer buffers (position buckets, BatchNorm counters)
+    cannot be decayed, so they are copied instead (``--store-ema`` would crash on the first update)."""
+    import fairseq.trainer as trainer_module
+    from fairseq.models.ema import EMA
+
+    if getattr(trainer_module, "_ofa_ema", False):
+        return
+
+    def build_ema(model, cfg, device):
+        skip = {k for k, v in model.state_dict().items() if not v.is_floating_point()}
+        return EMA(model, cfg, device, skip_keys=skip)
+
+    trainer_module.build_ema = build_ema
+    trainer_module._ofa_ema = True
 
 
 def _make_checkpoint_copies_atomic() -> None:

@@ -30,11 +30,11 @@ class OFAModelConfig(FairseqDataclass):
         metadata={"help": "image backbone: resnet50/101/152 (official stages 1-3) or timm:<name>"},
     )
     # layout switches
-    encoder_normalize_before: bool = field(default=True, metadata={"help": "pre-LN encoder layers"})
-    decoder_normalize_before: bool = field(default=True, metadata={"help": "pre-LN decoder layers"})
-    layernorm_embedding: bool = field(default=True, metadata={"help": "LayerNorm on token embeddings"})
-    patch_layernorm_embedding: bool = field(default=True, metadata={"help": "LayerNorm on patch embeddings"})
-    code_layernorm_embedding: bool = field(default=True, metadata={"help": "LayerNorm on image-code embeddings"})
+    encoder_normalize_before: bool = field(default=False, metadata={"help": "pre-LN encoder layers"})
+    decoder_normalize_before: bool = field(default=False, metadata={"help": "pre-LN decoder layers"})
+    layernorm_embedding: bool = field(default=False, metadata={"help": "LayerNorm on token embeddings"})
+    patch_layernorm_embedding: bool = field(default=False, metadata={"help": "LayerNorm on patch embeddings"})
+    code_layernorm_embedding: bool = field(default=False, metadata={"help": "LayerNorm on image-code embeddings"})
     add_type_embedding: bool = field(default=False, metadata={"help": "add text/image type embeddings"})
     entangle_position_embedding: bool = field(
         default=False, metadata={"help": "add absolute positions to encoder embeddings"}
@@ -46,9 +46,9 @@ class OFAModelConfig(FairseqDataclass):
     scale_fc: bool = field(default=False, metadata={"help": "NormFormer LayerNorm inside the FFN"})
     scale_heads: bool = field(default=False, metadata={"help": "NormFormer per-head output scales"})
     scale_resids: bool = field(default=False, metadata={"help": "NormFormer residual scales"})
-    share_all_embeddings: bool = field(default=True, metadata={"help": "share encoder/decoder/output embeddings"})
-    share_decoder_input_output_embed: bool = field(default=True, metadata={"help": "tie decoder output"})
-    no_scale_embedding: bool = field(default=True, metadata={"help": "do not scale embeddings by sqrt(d)"})
+    share_all_embeddings: bool = field(default=False, metadata={"help": "share encoder/decoder/output embeddings"})
+    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder output"})
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(d)"})
     # positions
     max_source_positions: int = field(default=1024, metadata={"help": "max text positions (encoder)"})
     max_target_positions: int = field(default=1024, metadata={"help": "max decoder positions"})
@@ -106,12 +106,23 @@ RELEASED_FLAGS: Dict[str, bool] = dict(
 )
 
 
+# Layout switches every OFA architecture turns on (``ofa_large_architecture``). They are False in the
+# dataclass, as in the official base architecture, so that the official command-line flags
+# (``--encoder-normalize-before`` ...) are plain switches; the architecture functions fill them in.
+ARCH_LAYOUT: Dict[str, bool] = dict(
+    encoder_normalize_before=True, decoder_normalize_before=True, layernorm_embedding=True,
+    patch_layernorm_embedding=True, code_layernorm_embedding=True, share_all_embeddings=True,
+    share_decoder_input_output_embed=True, no_scale_embedding=True,
+)
+
+
 def arch_overrides(arch: str) -> Dict[str, Any]:
     """Config fields a named architecture fixes."""
     if arch not in ARCHS:
         raise ValueError(f"unknown OFA architecture {arch!r}; choose one of {sorted(ARCHS)}")
     a = ARCHS[arch]
     return dict(
+        **ARCH_LAYOUT,
         encoder_embed_dim=a["embed_dim"], decoder_embed_dim=a["embed_dim"],
         encoder_ffn_embed_dim=a["ffn"], decoder_ffn_embed_dim=a["ffn"],
         encoder_layers=a["enc_layers"], decoder_layers=a["dec_layers"],
