@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ofa.cli.evaluate import main as evaluate_main
 from ofa.cli.train import main as train_main
@@ -78,3 +79,18 @@ def test_a_task_added_through_user_dir_trains_and_evaluates(bench, tmp_path):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["count"] > 0
     records = json.loads((results / "test_predict.json").read_text())
     assert {r["answer"] for r in records} <= {"zero", "one", "two", "three", "four", "five"}
+
+
+def test_training_with_ema_stores_weights_that_evaluate_with_ema(bench, tmp_path):
+    save = tmp_path / "ckpt"
+    train_main(train_args("snli_ve", bench, save, ["--store-ema", "--ema-decay", "0.5", "--ema-start-update", "0"]))
+    from ofa.checkpoint import load_model
+
+    raw, _, _ = load_model(str(save / "checkpoint_last.pt"))
+    ema, _, info = load_model(str(save / "checkpoint_last.pt"), ema=True)
+    assert info.ema
+    assert not torch.equal(raw.encoder.image_proj.weight, ema.encoder.image_proj.weight)
+    results = tmp_path / "results"
+    evaluate_main([f"{bench}/snli_ve_test.tsv", "--path", str(save / "checkpoint_last.pt"), "--ema",
+                   "--results-path", str(results), "--batch-size", "8"])
+    assert "snli_score" in json.loads((results / "test_metrics.json").read_text())
