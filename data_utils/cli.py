@@ -1,6 +1,7 @@
 """``ofa-data``: prepare and check data in the official OFA formats.
 
     ofa-data synth OUT_DIR [--num-images N] [--seed S]      embedded multi-task benchmark
+    ofa-data synth-text OUT_DIR [--num N] [--seed S]         embedded text-only data (summaries, GLUE-style, corpus)
     ofa-data convert SOURCE --out FILE.tsv [...]              COCO / RefCOCO / VQA / ImageNet folder / SNLI-VE
     ofa-data validate FILE [FILE ...] --task T                report every bad row and field
     ofa-data hdf5 SRC DST [--schema S]                        TSV <-> HDF5, lossless
@@ -30,6 +31,12 @@ def _synth(argv) -> int:
     return main(argv) or 0
 
 
+def _synth_text(argv) -> int:
+    from .synth_text import main
+
+    return main(argv) or 0
+
+
 def _convert(argv) -> int:
     from .converters import main
 
@@ -42,7 +49,7 @@ def _validate(argv) -> int:
     return main(argv)
 
 
-COMMANDS = {"synth": _synth, "convert": _convert, "validate": _validate, "hdf5": _hdf5}
+COMMANDS = {"synth": _synth, "synth-text": _synth_text, "convert": _convert, "validate": _validate, "hdf5": _hdf5}
 
 
 def main(argv=None) -> int:
