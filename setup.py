@@ -12,7 +12,7 @@ setup(
     description="OFA (One For All) unified vision-language seq2seq model as a fairseq plugin",
     python_requires=">=3.9",
     packages=["ofa", "ofa.model", "ofa.generate", "ofa.cli", "ofa.metrics", "ofa.tasks", "ofa.criterions", "ofa.data_utils",
-              "ofa.data_utils.synth", "ofa.data_utils.converters"],
+              "ofa.data_utils.synth", "ofa.data_utils.converters", "ofa.vqgan"],
     package_dir={"ofa.tasks": "tasks", "ofa.criterions": "criterions", "ofa.data_utils": "data_utils"},
     install_requires=[
         # pip takes torch 2.14.1 / torchvision 0.29.1 from local disk here; newer pairs also work
@@ -27,6 +27,7 @@ setup(
         "h5py>=3.8",
         "pillow>=9.0",
         "safetensors>=0.4",
+        "pyyaml>=5.4",  # VQGAN yaml configs
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
@@ -37,6 +38,7 @@ setup(
             "ofa-evaluate=ofa.cli.evaluate:main",
             "ofa-checkpoints=ofa.hub:main",
             "ofa-predict=ofa.cli.predict:main",
+            "ofa-vqgan=ofa.vqgan.cli:main",
         ]
     },
 )
