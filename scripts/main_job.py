@@ -1,0 +1,455 @@
+#!/usr/bin/env python
+"""The README's MAIN JOB: generate the embedded benchmark, train a small OFA on every task, evaluate on
+the compositional TEST split and print a metrics table.
+
+    bash scripts/setup.sh && .venv/bin/python scripts/main_job.py            # the tuned recipe
+    .venv/bin/python scripts/main_job.py --quick                              # 1-2 minute smoke run
+    .venv/bin/python scripts/main_job.py --tasks caption,refcoco --out runs/two_tasks
+
+Stages (each one a subprocess of the installed command-line tools next to ``sys.executable``):
+
+1. ``ofa-data synth``       the benchmark (skipped when ``DATA/manifest.json`` matches the settings)
+2. ``ofa-tokenizer train``  a SentencePiece BPE tokenizer on the training text (skipped when present)
+3. ``ofa-train``            one small model per task (``--log-format json --log-file``), from scratch
+4. ``ofa-train`` again      caption stage 2: SCST (CIDEr-D reward) from the stage-1 checkpoint
+5. ``ofa-evaluate``         every model on the TEST split (and the stage-1 caption model, for the
+                            SCST before / after comparison)
+
+Outputs under ``--out``: ``metrics.json`` (test metrics, targets, per-stage wall time),
+``learning_curves.json`` (per task: update -> train loss, and the validation metric of every
+validation), ``learning_curves.csv`` / ``learning_curves.txt`` (a compact summary), and per task its
+checkpoint folder, training log and evaluation results.
+
+The recipe (``RECIPE`` below) is sized for about 15 minutes of a quiet 2-core CPU. ``--minutes M``
+scales every task's number of updates by ``(M - fixed overhead) / (15 - fixed overhead)``;
+``--set TASK.KEY=VALUE`` overrides one recipe entry (e.g. ``--set refcoco.updates=400``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+# ----------------------------------------------------------------------------------------- the recipe
+# The model: OFA's layout (pre-LN encoder-decoder, shared embeddings, relative position biases) at a
+# CPU size; a timm ResNet-18 truncated at stride 16 turns a 64 x 64 image into a 4 x 4 patch grid.
+MODEL_ARGS = [
+    "--arch", "ofa_tiny",
+    "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+    "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
+    "--encoder-layers", "2", "--decoder-layers", "2",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+    "--resnet-type", "timm:resnet10t",
+    "--entangle-position-embedding", "--add-type-embedding",
+]
+DATA = dict(num_images=2000, image_size=64, seed=0)
+TOKENIZER = dict(vocab_size=500, model_type="bpe")
+# the vocabulary's image-code and location-bin families: this job generates no images (1 code is the
+# minimum the dictionary layout allows), and 64 bins give one bin per pixel of the 64 px image
+CODE_DICT_SIZE = 1
+NUM_BINS = 64
+
+# targets on the TEST split (issue): metric key in ofa-evaluate's output -> minimum
+TARGETS = {
+    "caption": ("cider", 1.0),
+    "refcoco": ("acc", 0.70),
+    "vqa_gen": ("vqa_score", 0.75),
+    "snli_ve": ("snli_score", 0.80),
+    "image_classify": ("accuracy", 0.90),
+}
+FILES = {"caption": "caption", "refcoco": "refcoco", "vqa_gen": "vqa", "snli_ve": "snli_ve",
+         "image_classify": "image_classify"}
+ALIASES = {"vqa": "vqa_gen", "snli": "snli_ve", "entailment": "snli_ve", "grounding": "refcoco",
+           "classify": "image_classify", "classification": "image_classify"}
+
+# per task: updates, batch size, peak lr, warmup, validation every N updates, validation rows, and the
+# task / criterion options (generation for validation and test)
+RECIPE: Dict[str, Dict[str, Any]] = {
+    "caption": dict(updates=300, batch=32, lr=1e-3, warmup=30, valid_every=100, valid_rows=64,
+                    args=["--eval-beam", "2", "--eval-max-len-b", "20", "--eval-no-repeat-ngram-size", "3"]),
+    "refcoco": dict(updates=300, batch=32, lr=1e-3, warmup=30, valid_every=100, valid_rows=128,
+                    args=["--eval-beam", "1"], bins_constraint=True),
+    "vqa_gen": dict(updates=300, batch=32, lr=1e-3, warmup=30, valid_every=100, valid_rows=128,
+                    args=["--ans2label-file", "{data}/vqa_ans2label.json", "--prompt-type", "prev_output",
+                          "--valid-batch-size", "50"]),
+    "snli_ve": dict(updates=300, batch=32, lr=1e-3, warmup=30, valid_every=100, valid_rows=128,
+                    args=["--prompt-type", "prev_output"]),
+    "image_classify": dict(updates=300, batch=32, lr=1e-3, warmup=30, valid_every=100, valid_rows=128,
+                           args=["--ans2label-file", "{data}/class_names.txt", "--prompt-type", "prev_output"]),
+}
+# caption stage 2: SCST from the stage-1 checkpoint
+SCST = dict(updates=60, batch=16, lr=1e-5, valid_every=30,
+            args=["--scst-beam", "4", "--scst-max-len-b", "20", "--scst-no-repeat-ngram-size", "3"])
+COMMON = ["--cpu", "--optimizer", "adam", "--adam-betas", "(0.9,0.999)", "--adam-eps", "1e-8",
+          "--weight-decay", "0.01", "--clip-norm", "1.0", "--lr-scheduler", "polynomial_decay",
+          "--num-workers", "0", "--seed", "1", "--log-format", "json", "--log-interval", "10",
+          "--no-epoch-checkpoints", "--save-interval", "1000000", "--validate-interval", "1000000",
+          "--required-batch-size-multiple", "1"]
+QUICK = dict(num_images=200, updates=12, valid_every=6, valid_rows=16, scst_updates=4)
+# seconds the recipe spends outside training (start-up of ~12 tool processes, synth, evaluation);
+# --minutes scales only the remaining training time
+FIXED_OVERHEAD_S = 240.0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run `bash scripts/setup.sh` first (the tools live next to "
+                         f"{sys.executable})")
+    return str(path)
+
+
+class Stages:
+    """Runs stage subprocesses, logs their output, and records their wall time."""
+
+    def __init__(self, out: Path, verbose: bool):
+        self.out, self.verbose, self.times = out, verbose, {}
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def run(self, name: str, cmd: List[str]) -> float:
+        log = self.out / "logs" / f"{name}.log"
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(map(_quote, cmd))}", flush=True)
+        env = dict(os.environ)
+        env.setdefault("PYTHONWARNINGS", "ignore")
+        t0 = time.perf_counter()
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                    cwd=str(ROOT))
+            for line in proc.stdout:
+                f.write(line)
+                if self.verbose or _interesting(line):
+                    print("    " + line.rstrip()[:240], flush=True)
+            rc = proc.wait()
+        seconds = time.perf_counter() - t0
+        self.times[name] = round(self.times.get(name, 0.0) + seconds, 1)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: done in {seconds:.1f} s", flush=True)
+        if rc != 0:
+            tail = "".join(open(log).readlines()[-30:])
+            raise SystemExit(f"stage {name} failed (exit {rc}); log {log}:\n{tail}")
+        return seconds
+
+
+def _quote(s: str) -> str:
+    return s if re.fullmatch(r"[\w@%+=:,./-]+", s) else "'" + s.replace("'", "'\\''") + "'"
+
+
+def _interesting(line: str) -> bool:
+    return ("valid |" in line or "INFO:valid:" in line or "done training" in line or line.startswith("{")
+            or "Error" in line or "error:" in line)
+
+
+def json_records(log_file: Path) -> List[Tuple[str, Dict[str, Any]]]:
+    """``(kind, record)`` for every JSON metrics line of a fairseq ``--log-file``.
+
+    fairseq writes the bare JSON of each progress-bar record to the file (no logger name), once per
+    progress bar opened so far (each adds a file handler), so records are told apart by their keys
+    (``valid_*``: validation; ``train_loss``: end-of-epoch summary; else ``train_inner``) and de-duplicated.
+    """
+    out, seen = [], set()
+    if not log_file.exists():
+        return out
+    for line in open(log_file, encoding="utf-8"):
+        m = re.search(r"(\{.*\})\s*$", line)
+        if not m:
+            continue
+        try:
+            rec = json.loads(m.group(1))
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if any(k.startswith("valid_") for k in rec):
+            kind = "valid"
+        elif "train_loss" in rec or "train_num_updates" in rec:
+            kind = "train"
+        else:
+            kind = "train_inner"
+        key = (kind, json.dumps(rec, sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((kind, rec))
+    return out
+
+
+def _num(v) -> Optional[float]:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def curves_from_log(log_file: Path, metric: str) -> Dict[str, Any]:
+    train, valid = [], []
+    for kind, rec in json_records(log_file):
+        if kind == "train_inner":
+            train.append({"update": int(_num(rec.get("num_updates")) or 0), "loss": _num(rec.get("loss")),
+                          "nll_loss": _num(rec.get("nll_loss")), "score": _num(rec.get("score")),
+                          "lr": _num(rec.get("lr")), "wall": _num(rec.get("wall"))})
+        elif kind == "valid":
+            valid.append({"update": int(_num(rec.get("valid_num_updates")) or 0),
+                          "loss": _num(rec.get("valid_loss")), metric: _num(rec.get(f"valid_{metric}"))})
+    return {"metric": metric, "train": train, "valid": valid}
+
+
+def write_subset(src: Path, dst: Path, rows: int) -> None:
+    """The first ``rows`` lines of a TSV (a small validation split: validation generates, so it costs)."""
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as g:
+        for k, line in enumerate(f):
+            if k >= rows:
+                break
+            g.write(line)
+
+
+def bin_range(tok_dir: Path) -> Tuple[int, int]:
+    """Ids of the ``<bin_i>`` tokens: fairseq's 4 specials, dict.txt, ``<mask>``, the codes, the bins."""
+    n = sum(1 for line in open(tok_dir / "dict.txt", encoding="utf-8") if line.strip())
+    start = 4 + n + 1 + CODE_DICT_SIZE
+    return start, start + NUM_BINS
+
+
+# --------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/main_job", help="output folder (default runs/main_job)")
+    p.add_argument("--data", default=None, help="benchmark folder (default OUT/data)")
+    p.add_argument("--tasks", default=",".join(RECIPE), help=f"comma list of tasks (default all: {','.join(RECIPE)})")
+    p.add_argument("--minutes", type=float, default=15.0,
+                   help="time budget the recipe is scaled to (default 15: the tuned recipe as is)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 200 images, a dozen updates per task")
+    p.add_argument("--no-scst", action="store_true", help="skip caption stage 2 (SCST)")
+    p.add_argument("--num-images", type=int, default=None, help=f"benchmark size (default {DATA['num_images']})")
+    p.add_argument("--image-size", type=int, default=DATA["image_size"], help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=DATA["seed"], help="benchmark seed (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="override a recipe entry, e.g. refcoco.updates=400, caption.lr=5e-4, scst.updates=0")
+    p.add_argument("--model-args", default=None, help="replace the model options (one quoted string)")
+    p.add_argument("--curve-split", default="valid", choices=["valid", "test"],
+                   help="split of the validations during training (learning curves only; checkpoint_last is "
+                        "what gets evaluated). 'test' is for analysis: it shows the compositional gap")
+    p.add_argument("--keep-order", action="store_true", help="run the tasks in the order --tasks gives")
+    p.add_argument("--keep", action="store_true", help="reuse finished task checkpoints in OUT (resume a run)")
+    p.add_argument("--verbose", action="store_true", help="echo every line the tools print")
+    return p.parse_args(argv)
+
+
+def apply_overrides(recipe, scst, sets):
+    for item in sets:
+        key, sep, value = item.partition("=")
+        task, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set expects TASK.KEY=VALUE, got {item!r}")
+        task = ALIASES.get(task, task)
+        target = scst if task == "scst" else recipe.get(task)
+        if target is None:
+            raise SystemExit(f"--set: unknown task {task!r}")
+        if field == "args+":
+            target["args"] = list(target.get("args", [])) + value.split()
+            continue
+        try:
+            target[field] = json.loads(value)
+        except ValueError:
+            target[field] = value
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data).resolve() if args.data else out / "data"
+    tasks = [ALIASES.get(t.strip(), t.strip()) for t in args.tasks.split(",") if t.strip()]
+    if not args.keep_order:  # the recipe's order: tasks that initialise others run first
+        tasks = [t for t in RECIPE if t in tasks] + [t for t in tasks if t not in RECIPE]
+    for t in tasks:
+        if t not in RECIPE:
+            raise SystemExit(f"unknown task {t!r}; choose from {', '.join(RECIPE)}")
+    recipe = {t: dict(RECIPE[t]) for t in tasks}
+    scst = dict(SCST)
+    num_images = args.num_images or (QUICK["num_images"] if args.quick else DATA["num_images"])
+    if args.quick:
+        for r in recipe.values():
+            r.update(updates=QUICK["updates"], valid_every=QUICK["valid_every"], valid_rows=QUICK["valid_rows"],
+                     warmup=2)
+        scst.update(updates=QUICK["scst_updates"], valid_every=QUICK["scst_updates"])
+    elif args.minutes != 15.0:
+        scale = max(0.05, (args.minutes * 60 - FIXED_OVERHEAD_S) / (15 * 60 - FIXED_OVERHEAD_S))
+        for r in list(recipe.values()) + [scst]:
+            r["updates"] = max(4, int(round(r["updates"] * scale)))
+            r["valid_every"] = max(2, int(round(r["valid_every"] * scale)))
+            if "warmup" in r:
+                r["warmup"] = max(1, int(round(r["warmup"] * scale)))
+        print(f"--minutes {args.minutes}: updates scaled by {scale:.2f}")
+    apply_overrides(recipe, scst, args.set)
+    model_args = args.model_args.split() if args.model_args else MODEL_ARGS
+    stages = Stages(out, args.verbose)
+
+    # 1. the benchmark
+    manifest = data / "manifest.json"
+    want = dict(num_images=num_images, seed=args.seed, image_size=[args.image_size, args.image_size])
+    have = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if all(have.get(k) == v for k, v in want.items()):
+        print(f"benchmark: {data} matches ({num_images} images, {args.image_size} px, seed {args.seed}); skipped")
+    else:
+        stages.run("synth", [tool("ofa-data"), "synth", str(data), "--num-images", str(num_images), "--image-size",
+                             str(args.image_size), "--seed", str(args.seed), "--workers", str(min(2, os.cpu_count() or 1))])
+        shutil.rmtree(data / "tok", ignore_errors=True)
+
+    # 2. the tokenizer
+    tok = data / "tok"
+    if (tok / "spm.model").exists() and (tok / "dict.txt").exists():
+        print(f"tokenizer: {tok} exists; skipped")
+    else:
+        stages.run("tokenizer", [tool("ofa-tokenizer"), "train", "--corpus", str(data / "text_corpus.txt"), "--out",
+                                 str(tok), "--vocab-size", str(TOKENIZER["vocab_size"]), "--model-type",
+                                 TOKENIZER["model_type"]])
+    bins = bin_range(tok)
+
+    # 3. training, 4. SCST
+    results: Dict[str, Dict[str, Any]] = {}
+    curves: Dict[str, Any] = {}
+    for task in tasks:
+        r = recipe[task]
+        name = FILES[task]
+        metric = TARGETS[task][0]
+        tdir = out / task
+        ckpt = tdir / "ckpt" / "checkpoint_last.pt"
+        log_file = tdir / "train.log"
+        if not (args.keep and ckpt.exists()):
+            shutil.rmtree(tdir, ignore_errors=True)
+            tdir.mkdir(parents=True)
+            valid = tdir / f"{name}_{args.curve_split}_small.tsv"
+            write_subset(data / f"{name}_{args.curve_split}.tsv", valid, int(r["valid_rows"]))
+            extra = [a.format(data=data) for a in r.get("args", [])]
+            crit = ["--criterion", "adjust_label_smoothed_cross_entropy", "--label-smoothing",
+                    str(r.get("label_smoothing", 0.1))]
+            if r.get("bins_constraint"):
+                crit += ["--constraint-range", f"{bins[0]},{bins[1]}"]
+            cmd = [tool("ofa-train"), f"{data}/{name}_train.tsv,{valid}", "--task", task, "--bpe-dir", str(tok),
+                   *model_args, *COMMON, *crit,
+                   "--code-dict-size", str(CODE_DICT_SIZE), "--num-bins", str(NUM_BINS),
+                   "--patch-image-size", str(args.image_size), "--max-image-size", str(args.image_size),
+                   "--batch-size", str(r["batch"]), "--batch-size-valid", str(r.get("batch_valid", 64)),
+                   "--lr", str(r["lr"]), "--warmup-updates", str(r["warmup"]),
+                   "--max-update", str(r["updates"]), "--total-num-update", str(r["updates"]),
+                   "--validate-interval-updates", str(r["valid_every"]),
+                   "--save-dir", str(tdir / "ckpt"), "--log-file", str(log_file),
+                   "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric",
+                   "--no-save-optimizer-state", *extra]
+            init = r.get("init")
+            if init and init in results:
+                cmd += ["--finetune-from-model", results[init]["checkpoint"]]
+            elif init:
+                print(f"  ({task}: init task {init!r} not run before it; training from scratch)")
+            stages.run(f"train_{task}", cmd)
+        curves[task] = curves_from_log(log_file, metric)
+        results[task] = {"checkpoint": str(ckpt), "updates": r["updates"]}
+
+    if "caption" in tasks and not args.no_scst and scst["updates"] > 0:
+        r, tdir = scst, out / "caption_scst"
+        ckpt = tdir / "ckpt" / "checkpoint_last.pt"
+        log_file = tdir / "train.log"
+        if not (args.keep and ckpt.exists()):
+            shutil.rmtree(tdir, ignore_errors=True)
+            tdir.mkdir(parents=True)
+            valid = out / "caption" / f"caption_{args.curve_split}_small.tsv"
+            cmd = [tool("ofa-train"), f"{data}/caption_train.tsv,{valid}", "--task", "caption", "--bpe-dir", str(tok),
+                   *model_args, *COMMON, "--criterion", "scst_reward_criterion", "--scst",
+                   "--restore-file", results["caption"]["checkpoint"], "--reset-optimizer", "--reset-dataloader",
+                   "--reset-meters", "--reset-lr-scheduler",
+                   "--code-dict-size", str(CODE_DICT_SIZE), "--num-bins", str(NUM_BINS),
+                   "--patch-image-size", str(args.image_size), "--max-image-size", str(args.image_size),
+                   "--batch-size", str(r["batch"]), "--batch-size-valid", "64", "--lr", str(r["lr"]),
+                   "--warmup-updates", str(r.get("warmup", 0)), "--end-learning-rate", str(r.get("end_lr", r["lr"])),
+                   "--max-update", str(r["updates"]), "--total-num-update", str(r["updates"]),
+                   "--validate-interval-updates", str(r["valid_every"]),
+                   "--save-dir", str(tdir / "ckpt"), "--log-file", str(log_file),
+                   "--best-checkpoint-metric", "cider", "--maximize-best-checkpoint-metric",
+                   "--no-save-optimizer-state",
+                   *[a.format(data=data) for a in RECIPE["caption"]["args"]], *r.get("args", [])]
+            stages.run("train_caption_scst", cmd)
+        curves["caption_scst"] = curves_from_log(log_file, "cider")
+        results["caption_scst"] = {"checkpoint": str(ckpt), "updates": r["updates"]}
+
+    # 5. evaluation on TEST
+    for key, res in results.items():
+        task = "caption" if key == "caption_scst" else key
+        rdir = out / key / "test"
+        cmd = [tool("ofa-evaluate"), f"{data}/{FILES[task]}_test.tsv", "--path", res["checkpoint"],
+               "--results-path", str(rdir), "--batch-size", "64", "--cpu"]
+        stages.run(f"eval_{key}", cmd)
+        res["test"] = json.loads((rdir / "test_metrics.json").read_text())
+
+    # report
+    total = time.perf_counter() - t_start
+    rows = []
+    for key, res in results.items():
+        task = "caption" if key == "caption_scst" else key
+        metric, target = TARGETS[task]
+        value = res["test"].get(metric)
+        label = "caption (stage 1, CE)" if key == "caption" and "caption_scst" in results else \
+            "caption (stage 2, SCST)" if key == "caption_scst" else key
+        rows.append(dict(task=label, metric=metric, value=value, target=target,
+                         met=None if value is None else value >= target))
+    report = {"command": " ".join(map(_quote, [sys.executable, *sys.argv])), "data": str(data),
+              "num_images": num_images, "image_size": args.image_size, "model_args": model_args,
+              "recipe": recipe, "scst": scst if "caption_scst" in results else None,
+              "rows": rows, "test": {k: v["test"] for k, v in results.items()},
+              "stage_seconds": stages.times, "total_seconds": round(total, 1)}
+    (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "learning_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+    write_curve_summaries(out, curves)
+
+    print("\nlearning curves (train loss at a few updates; validation metric at every validation):")
+    print(open(out / "learning_curves.txt").read())
+    print(f"{'task':26s} {'metric':10s} {'test':>8s} {'target':>7s}  met?")
+    for row in rows:
+        v = "n/a" if row["value"] is None else f"{row['value']:.4f}"
+        print(f"{row['task']:26s} {row['metric']:10s} {v:>8s} {row['target']:>7.2f}  {'yes' if row['met'] else 'NO'}")
+    if "caption" in results and "caption_scst" in results:
+        a, b = results["caption"]["test"], results["caption_scst"]["test"]
+        print(f"\nSCST: test CIDEr-D ('cider') {a.get('cider')} -> {b.get('cider')}; "
+              f"pycocoevalcap CIDEr {a.get('CIDEr')} -> {b.get('CIDEr')}")
+    print("\nwall time per stage (s):")
+    for k, v in stages.times.items():
+        print(f"  {k:28s} {v:8.1f}")
+    print(f"  {'total':28s} {total:8.1f}  ({total / 60:.1f} min; budget {args.minutes:g} min)")
+    print(f"\nwrote {out / 'metrics.json'}, {out / 'learning_curves.json'}, {out / 'learning_curves.csv'}")
+    return 0
+
+
+def write_curve_summaries(out: Path, curves: Dict[str, Any]) -> None:
+    with open(out / "learning_curves.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "kind", "update", "value"])
+        for task, c in curves.items():
+            for p in c["train"]:
+                value = p["loss"] if p["loss"] is not None else p.get("score")
+                w.writerow([task, "train_loss" if p["loss"] is not None else "train_score", p["update"], value])
+            for p in c["valid"]:
+                w.writerow([task, f"valid_{c['metric']}", p["update"], p.get(c["metric"])])
+    lines = []
+    for task, c in curves.items():
+        train = c["train"]
+        pick = train if len(train) <= 6 else [train[int(round(i * (len(train) - 1) / 5))] for i in range(6)]
+        tl = ", ".join(f"{p['update']}:{p['loss']:.2f}" for p in pick if p["loss"] is not None)
+        vl = ", ".join(f"{p['update']}:{p.get(c['metric'])}" for p in c["valid"])
+        lines.append(f"  {task:16s} train loss  {tl}")
+        lines.append(f"  {'':16s} valid {c['metric']:9s} {vl}")
+    (out / "learning_curves.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
