@@ -3,6 +3,7 @@
     ofa-data synth OUT_DIR [--num-images N] [--seed S]      embedded multi-task benchmark
     ofa-data synth-text OUT_DIR [--num N] [--seed S]         embedded text-only data (summaries, GLUE-style, corpus)
     ofa-data synth-pretrain OUT_DIR [--vqgan DIR] [...]      embedded pretraining sources (V-L, text, detection, image codes)
+    ofa-data synth-image-gen OUT_DIR --vqgan DIR [...]        embedded text-to-image data (image_gen TSVs of scene codes)
     ofa-data convert SOURCE --out FILE.tsv [...]              COCO / RefCOCO / VQA / ImageNet folder / SNLI-VE
     ofa-data validate FILE [FILE ...] --task T                report every bad row and field
     ofa-data hdf5 SRC DST [--schema S]                        TSV <-> HDF5, lossless
@@ -44,6 +45,12 @@ def _synth_pretrain(argv) -> int:
     return main(argv) or 0
 
 
+def _synth_image_gen(argv) -> int:
+    from .synth_image_gen import main
+
+    return main(argv) or 0
+
+
 def _convert(argv) -> int:
     from .converters import main
 
@@ -56,7 +63,8 @@ def _validate(argv) -> int:
     return main(argv)
 
 
-COMMANDS = {"synth": _synth, "synth-text": _synth_text, "synth-pretrain": _synth_pretrain, "convert": _convert, "validate": _validate, "hdf5": _hdf5}
+COMMANDS = {"synth": _synth, "synth-text": _synth_text, "synth-pretrain": _synth_pretrain,
+            "synth-image-gen": _synth_image_gen, "convert": _convert, "validate": _validate, "hdf5": _hdf5}
 
 
 def main(argv=None) -> int:

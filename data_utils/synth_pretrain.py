@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=4, help="the benchmark's number of held-out pairs")
     p.add_argument("--valid-frac", type=float, default=0.1)
     p.add_argument("--test-frac", type=float, default=0.1)
+    p.add_argument("--comp-frac", type=float, default=0.1)
     p.add_argument("--image-size", type=int, default=128, help="side of the V-L and detection images")
     p.add_argument("--offset", type=int, default=DEFAULT_OFFSET, help="index of the first scene")
     p.add_argument("--vqgan", default=None, help="folder (or file) of a VQGAN checkpoint for the image codes")
@@ -112,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     held = tuple(choose_held_out(args.seed, args.held_out))
     cfg = SynthConfig(seed=args.seed, num_images=args.offset + args.num_images, image_size=args.image_size,
-                      valid_frac=args.valid_frac, test_frac=args.test_frac, held_out=held)
+                      valid_frac=args.valid_frac, test_frac=args.test_frac, comp_frac=args.comp_frac,
+                      held_out=held)
     out = lambda name: os.path.join(args.out_dir, name)  # noqa: E731
     vl = _Sink(out("pretrain_vl.tsv"), get_schema("pretrain_vl").columns)
     text = _Sink(out("pretrain_text.tsv"), get_schema("pretrain_text").columns)
@@ -199,7 +201,8 @@ def _write_codes(args, held, path):
     if c % factor:
         return 0, f"--code-image-size {c} is not a multiple of the VQGAN factor {factor}: pretrain_image.tsv not written"
     cfg = SynthConfig(seed=args.seed, num_images=args.offset + 10 ** 7, image_size=2 * c,
-                      valid_frac=args.valid_frac, test_frac=args.test_frac, held_out=held)
+                      valid_frac=args.valid_frac, test_frac=args.test_frac, comp_frac=args.comp_frac,
+                      held_out=held)
     sink = _Sink(path, get_schema("pretrain_image").columns)
     n = args.num_code_images or args.num_images
     try:

@@ -11,9 +11,13 @@ resize and normalisation, resize ratios) is the same as in evaluation. Predictio
   ``{"box": [x0, y0, x1, y1], "score", "bins"}``;
 - ``vqa_gen`` / ``snli_ve`` / ``image_classify``: every candidate answer is scored
   (``AnswerSet.score_candidates``, the official "allcand"), then softmax over the candidates;
-  ``{"answer" | "label", "score" (probability), "top": [(answer, probability)] x 5}``.
+  ``{"answer" | "label", "score" (probability), "top": [(answer, probability)] x 5}``;
+- ``image_gen`` (no input image; ``text`` is the caption, ``vqgan_path=`` the VQGAN): sampled image
+  codes decoded into ``{"images": [PIL] (best first), "codes", "score" (mean log-probability of the
+  best sample), "scores", "caption"}``, plus ``"paths"`` when ``out=`` names a PNG to write.
 
-Every result also holds ``"task"`` (the registered task name) and ``"image_size": [w, h]``.
+Every result also holds ``"task"`` (the registered task name) and ``"image_size": [w, h]`` (of the
+input image; for ``image_gen`` of the generated one).
 
 Loaded models are kept in a small module-level cache keyed by the resolved path, ``bpe_dir`` and
 ``ema`` (and the file's size / modification time), so repeated calls do not reload; ``load()`` returns
@@ -49,6 +53,9 @@ TASK_ALIASES: Dict[str, str] = {
     "classify": "image_classify",
     "classification": "image_classify",
     "image_classify": "image_classify",
+    "image_gen": "image_gen",
+    "text_to_image": "image_gen",
+    "generation": "image_gen",
 }
 
 # which result key holds the answer of a closed-set task
@@ -242,6 +249,8 @@ def _need_text(task_name: str, text: Optional[str], what: str) -> str:
 
 def _row(task_name: str, image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
     """The row the task's dataset reads (targets are placeholders: only the inputs matter here)."""
+    if task_name == "image_gen":  # no image; an empty code column (generation from the caption alone)
+        return {"uniq_id": "0", "code": "", "caption": _need_text(task_name, text, "the caption")}
     w, h = size
     if task_name == "caption":
         return {"uniq_id": "0", "image": image, "caption": "none"}
@@ -357,25 +366,51 @@ def _predict_closed_set(task_name, task, model, sample, size, gen_over):
     return {ANSWER_KEY[task_name]: top[0][0], "score": top[0][1], "top": top}
 
 
+def _predict_image_gen(task_name, task, model, sample, size, gen_over):
+    generator = task.build_generator([model], **gen_over) if gen_over else task.generator
+    hyps = task.generate_codes(model, sample, generator)[0]
+    codes = torch.stack([h["codes"] for h in hyps])  # [S, N]
+    from .vqgan.data import to_pil
+
+    images = [to_pil(img) for img in task.decode_images(codes)]
+    return {"caption": sample["captions"][0], "images": images, "codes": codes.tolist(),
+            "score": hyps[0]["score"], "scores": [h["score"] for h in hyps]}
+
+
+def save_pngs(images, out: str) -> List[str]:
+    """Write ``out`` (the first image) and ``{stem}_{j}{ext}`` (the others) atomically; returns the paths."""
+    from .io_utils import atomic_output
+
+    stem, ext = os.path.splitext(out)
+    paths = []
+    for j, img in enumerate(images):
+        path = out if j == 0 else f"{stem}_{j}{ext or '.png'}"
+        with atomic_output(path) as tmp:
+            img.save(tmp, format="PNG")
+        paths.append(path)
+    return paths
+
+
 PREDICTORS = {
     "caption": _predict_caption,
     "refcoco": _predict_refcoco,
     "vqa_gen": _predict_closed_set,
     "snli_ve": _predict_closed_set,
     "image_classify": _predict_closed_set,
+    "image_gen": _predict_image_gen,
 }
 
 
-def inference_model(checkpoint, image: ImageInput, task: Optional[str] = None, text: Optional[str] = None,
+def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Optional[str] = None, text: Optional[str] = None,
                     bpe_dir: Optional[str] = None, ema: bool = False, device: Optional[Union[str, torch.device]] = None,
-                    caption: Optional[str] = None, **generation_overrides) -> Dict[str, Any]:
+                    caption: Optional[str] = None, out: Optional[str] = None, **generation_overrides) -> Dict[str, Any]:
     """Run an OFA checkpoint on one image.
 
     Args:
         checkpoint: a local path, URL or published name (``ofa.resolve_checkpoint``), an ``InferenceHandle``
             (``ofa.inference.load``) or the ``(model, dictionary, info)`` tuple of ``ofa.load_model``.
             Models loaded from a path are cached (path, ``bpe_dir``, ``ema``), so repeated calls do not reload.
-        image: a file path, encoded image bytes or a PIL image.
+        image: a file path, encoded image bytes or a PIL image (``None`` for ``image_gen``).
         task: a registered task (``caption``, ``refcoco``, ``vqa_gen``, ``snli_ve``, ``image_classify``) or an
             alias (``grounding``, ``visual_grounding``, ``vqa``, ``entailment``, ``classify``, ...); default the
             checkpoint's own task.
@@ -385,6 +420,7 @@ def inference_model(checkpoint, image: ImageInput, task: Optional[str] = None, t
         ema: use the checkpoint's EMA weights.
         device: default ``cuda`` when available, else ``cpu``.
         caption: entailment only: the text premise (the prompt then includes it, as ``--add-caption``).
+        out: ``image_gen`` only: write the best generated image to this PNG path (others beside it).
         **generation_overrides: ``SequenceGenerator`` arguments (``beam_size``, ``max_len_b``, ...) and task
             options (``eval_beam``, ``ans2label_file``, ``patch_image_size``, ``prompt_type``, ...).
 
@@ -407,11 +443,20 @@ def inference_model(checkpoint, image: ImageInput, task: Optional[str] = None, t
     model.eval()
     float_dtype = next(model.parameters()).dtype
     task_obj = _get_task(handle, task_name, task_over)
-    raw, size = _image_bytes(image)
+    if task_name == "image_gen":
+        raw, size = None, None
+    elif image is None:
+        raise ValueError(f"task {task_name!r} needs an image")
+    else:
+        raw, size = _image_bytes(image)
     row = _row(task_name, raw, size, text, caption)
     with torch.no_grad():
         sample = _sample(task_name, task_obj, row, caption is not None, device, float_dtype)
         result = PREDICTORS[task_name](task_name, task_obj, model, sample, size, gen_over)
+    if task_name == "image_gen":
+        size = result["images"][0].size
+        if out:
+            result["paths"] = save_pngs(result["images"], out)
     return {"task": task_name, **result, "image_size": [int(size[0]), int(size[1])]}
 
 
@@ -426,6 +471,8 @@ def result_text(result: Dict[str, Any]) -> str:
         return f"{result['caption']} ({result['score']:.3f})"
     if name == "refcoco":
         return "box " + ", ".join(f"{v:.1f}" for v in result["box"]) + f" ({result['score']:.3f})"
+    if name == "image_gen":
+        return f"image for '{result['caption']}' ({result['score']:.3f})"
     key = ANSWER_KEY.get(name, "answer")
     return f"{result[key]} (p={result['score']:.3f})"
 

@@ -17,7 +17,7 @@ from ofa.data_utils.synth import SynthConfig, generate, main
 from ofa.data_utils.synth.vocab import COLORS, SHAPES, SIZES
 
 N, SEED, SIZE = 40, 3, 128
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test", "comp")
 TASKS = ("caption", "refcoco", "vqa", "snli_ve", "image_classify")
 MARGIN = 0.12 * SIZE  # positional words need this gap between box centres (language.REL_MARGIN)
 COMBO_RE = re.compile(r"\b(%s) (%s)" % ("|".join(COLORS), "|".join(SHAPES)))
@@ -192,7 +192,7 @@ def test_captions_are_lowercase_and_five_different_per_image(out):
     per_image = defaultdict(list)
     for r in table(out, "caption", "train"):
         per_image[r["image_id"]].append(r["caption"])
-    for split in ("valid", "test"):
+    for split in ("valid", "test", "comp"):
         for r in table(out, "caption", split):
             per_image[r["image_id"]].append(r["caption"].split("&&"))
     assert len(per_image) == N
@@ -303,11 +303,11 @@ def _training_texts(out, split):
         yield r["caption"]
 
 
-def test_held_out_combos_never_appear_in_train_or_valid(out):
+def test_held_out_combos_never_appear_in_train_valid_or_iid_test(out):
     held = held_out(out)
     assert len(held) == 4
     assert len({c for c, _ in held}) == 4 and len({s for _, s in held}) == 4
-    for split in ("train", "valid"):
+    for split in ("train", "valid", "test"):
         for text in _training_texts(out, split):
             assert not combos(text) & held, text
         for s in scenes(out, split).values():
@@ -317,26 +317,34 @@ def test_held_out_combos_never_appear_in_train_or_valid(out):
         assert not combos(line) & held, line
 
 
-def test_test_split_is_about_held_out_combos(out):
+def test_comp_split_is_about_held_out_combos(out):
     held = held_out(out)
-    sc = scenes(out, "test")
+    sc = scenes(out, "comp")
     assert sc
     for s in sc.values():
         main_obj = s["objects"][s["main"]]
         assert (main_obj["color"], main_obj["shape"]) in held
-    for r in table(out, "caption", "test"):
+    for r in table(out, "caption", "comp"):
         assert all(combos(c) & held for c in r["caption"].split("&&")), r["caption"]
-    for r in table(out, "refcoco", "test"):
+    for r in table(out, "refcoco", "comp"):
         (target,) = match_expression(r["text"], sc[int(r["image_id"])]["objects"])
         assert (target["color"], target["shape"]) in held, r["text"]
     for task, col in (("vqa", "question"), ("snli_ve", "hypothesis")):
         about = {row[0]: row[2] for s in sc.values() for row in s["about"][task]}
         id_col = get_schema(task).columns[0]
-        for r in table(out, task, "test"):
+        for r in table(out, task, "comp"):
             objs = sc[int(r["image_id"])]["objects"]
             assert combos(r[col]) & held or any((objs[k]["color"], objs[k]["shape"]) in held
                                                 for k in about[int(r[id_col])]), r[col]
-    assert {tuple(r["label_name"].split()) for r in table(out, "image_classify", "test")} <= held
+    assert {tuple(r["label_name"].split()) for r in table(out, "image_classify", "comp")} <= held
+
+
+def test_splits_take_their_fractions_and_never_share_an_image():
+    from ofa.data_utils.synth.splits import split_of
+    counts = Counter(split_of(i, 0.1, 0.1, 0.1) for i in range(1000))
+    assert counts == {"train": 700, "valid": 100, "test": 100, "comp": 100}
+    counts = Counter(split_of(i, 0.05, 0.2, 0.0) for i in range(1000))
+    assert counts == {"train": 750, "valid": 50, "test": 200}
 
 
 # ---------------------------------------------------------------------------------- manifest and CLI
@@ -345,7 +353,7 @@ def test_manifest_counts_every_file_and_records_speed(out):
     with open(out / "manifest.json") as f:
         m = json.load(f)
     assert m["seed"] == SEED and m["num_images"] == N and m["image_size"] == [SIZE, SIZE]
-    assert sum(m["images_per_split"].values()) == N and m["images_per_split"]["test"] > 0
+    assert sum(m["images_per_split"].values()) == N and m["images_per_split"]["test"] > 0 and m["images_per_split"]["comp"] > 0
     assert m["images_per_second"] > 0 and m["generation_seconds"] > 0
     for name, count in m["files"].items():
         if name.endswith((".tsv", ".txt", ".jsonl")):

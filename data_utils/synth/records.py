@@ -21,7 +21,7 @@ from ..images import encode_image
 from .language import (Text, caption_candidates, choose_captions, human_answers, hypothesis_candidates,
                        question_candidates, referring_expressions)
 from .scenes import render, sample_scene
-from .splits import allowed_combos, choose_held_out, keep, split_of
+from .splits import COMPOSITIONAL, allowed_combos, choose_held_out, keep, split_of
 from .vocab import Combo, class_names
 
 TASKS = ("caption", "refcoco", "vqa", "snli_ve", "image_classify")
@@ -35,6 +35,7 @@ class SynthConfig:
     image_size: int = 128
     valid_frac: float = 0.1
     test_frac: float = 0.1
+    comp_frac: float = 0.1
     held_out: tuple = ()          # (colour, shape) pairs; empty: the default four for the seed
     captions: int = 5
     refs: int = 3
@@ -73,10 +74,10 @@ def make_record(i: int, cfg: SynthConfig) -> ImageRecord:
     """Image ``i`` depends only on (seed, i, split fractions, held-out pairs, image size)."""
     held: Sequence[Combo] = cfg.held_out or tuple(choose_held_out(cfg.seed))
     held_set = frozenset(held)
-    split = split_of(i, cfg.valid_frac, cfg.test_frac)
+    split = split_of(i, cfg.valid_frac, cfg.test_frac, cfg.comp_frac)
     rng = np.random.default_rng([cfg.seed, i])
     allowed = allowed_combos(split, held)
-    main = held[int(rng.integers(len(held)))] if split == "test" else None
+    main = held[int(rng.integers(len(held)))] if split == COMPOSITIONAL else None
     scene = sample_scene(rng, cfg.image_size, cfg.image_size, allowed, main)
     image_b64 = encode_image(render(scene, rng), format="PNG")
     lr = random.Random(int(rng.integers(2 ** 62)))
@@ -87,7 +88,7 @@ def make_record(i: int, cfg: SynthConfig) -> ImageRecord:
     absent = lr.sample([c for c in allowed if c not in present], 3)
     rec = ImageRecord(i, split, {t: [] for t in TASKS}, scene=dict(image_id=i, split=split, **scene.to_json()))
 
-    # captions: five different ones (test: each names a held-out pair)
+    # captions: five different ones (comp: each names a held-out pair)
     caps: List[Text] = []
     for _ in range(6):
         extra = [t for t in caption_candidates(scene, lr) if ok(t, strict=True)]

@@ -21,7 +21,7 @@ from ..formats import get_schema
 from .language import corpus_facts
 from .records import TASKS, ImageRecord, SynthConfig, make_record
 from .scenes import LARGE_EXTENT, MIN_VISIBLE, SMALL_EXTENT
-from .splits import SPLITS, choose_held_out
+from .splits import SPLITS, check_fractions, choose_held_out
 from .vocab import COLOR_NAMES, SHAPES, SIZES, answer_vocabulary, class_names
 
 BOX_CONVENTION = ("x0,y0,x1,y1 in pixels of the image, origin at the top-left corner; tight box of the "
@@ -105,8 +105,7 @@ def generate(out_dir: str, cfg: SynthConfig, num_held_out: int = 4, workers: int
     """
     if cfg.num_images < 1 or cfg.image_size < 32:
         raise ValueError("need at least one image and an image size of at least 32 pixels")
-    if not (0 <= cfg.valid_frac < 1 and 0 <= cfg.test_frac < 1 and cfg.valid_frac + cfg.test_frac < 1):
-        raise ValueError("valid and test fractions must be in [0, 1) and sum to less than 1")
+    check_fractions(cfg.valid_frac, cfg.test_frac, cfg.comp_frac)
     held = choose_held_out(cfg.seed, num_held_out)
     cfg = SynthConfig(**{**cfg.__dict__, "held_out": tuple(held)})
     os.makedirs(out_dir, exist_ok=True)
@@ -158,11 +157,12 @@ def generate(out_dir: str, cfg: SynthConfig, num_held_out: int = 4, workers: int
         "generator": "ofa.data_utils.synth",
         "seed": cfg.seed, "num_images": cfg.num_images, "images_per_split": images,
         "image_size": [cfg.image_size, cfg.image_size], "image_format": "PNG (base64)",
-        "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
+        "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac, "comp_frac": cfg.comp_frac,
         "held_out_combos": [list(c) for c in held],
-        "split_policy": ("train and valid (in-distribution) never show or name a held-out (colour, shape) pair; "
-                         "test is compositional: each test image's main object is a held-out pair and every "
-                         "test caption, referring expression, question and hypothesis is about one"),
+        "split_policy": ("train, valid and test are drawn alike (test: held-out images, in-distribution) and never "
+                         "show or name a held-out (colour, shape) pair; comp is compositional: each comp image's main "
+                         "object is a held-out pair and every comp caption, referring expression, question and "
+                         "hypothesis is about one"),
         "colors": list(COLOR_NAMES), "shapes": list(SHAPES), "sizes": list(SIZES),
         "size_extent_fraction": {"small": list(SMALL_EXTENT), "large": list(LARGE_EXTENT)},
         "min_visible_fraction": MIN_VISIBLE,

@@ -2,6 +2,10 @@
 
     ofa-predict --checkpoint CKPT --image IMG [--task T] [--text TEXT] [--caption PREMISE]
                 [--bpe-dir D] [--ema] [--device cpu] [--draw OUT.png] [--json] [--set KEY=VALUE ...]
+    ofa-predict --checkpoint CKPT --task image_gen --text CAPTION --vqgan-path VQGAN --out IMG.png
+
+Text-to-image (``image_gen``) takes no ``--image``: ``--text`` is the caption, ``--out`` the PNG to
+write (more samples, ``--set sampling_times=4``, go beside it as ``IMG_1.png`` ...).
 
 ``--task`` defaults to the checkpoint's own task; aliases such as ``grounding``, ``vqa``, ``entailment``
 and ``classify`` work. ``--text`` is the question (VQA), the referring expression (grounding) or the
@@ -34,7 +38,7 @@ def _parse_sets(items: List[str]) -> Dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ofa-predict", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", "--path", required=True, help="checkpoint path, URL or published name")
-    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--image", default=None, help="image file (every task but image_gen)")
     p.add_argument("--task", default=None, help="task or alias (default: the checkpoint's task)")
     p.add_argument("--text", default=None, help="question / referring expression / hypothesis")
     p.add_argument("--caption", default=None, help="entailment: the text premise")
@@ -43,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--draw", metavar="OUT", default=None, help="write the image with the prediction drawn on it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", default=None, help="image_gen: PNG file for the generated image")
+    p.add_argument("--vqgan-path", default=None, help="image_gen: VQGAN checkpoint (or folder) decoding the codes")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="generation argument or task option (repeatable)")
     return p
@@ -52,7 +58,11 @@ def format_result(result: Dict[str, Any]) -> str:
     """Human-readable lines for a result of ``ofa.inference_model``."""
     w, h = result["image_size"]
     lines = [f"task: {result['task']} (image {w}x{h})"]
-    if result["task"] == "caption":
+    if result["task"] == "image_gen":
+        lines = [f"task: image_gen (generated {w}x{h})", f"caption: {result['caption']}",
+                 f"score: {result['score']:.4f}"]
+        lines += [f"image: {p}" for p in result.get("paths", [])]
+    elif result["task"] == "caption":
         lines.append(f"caption: {result['caption']}")
         lines.append(f"score: {result['score']:.4f}")
     elif result["task"] == "refcoco":
@@ -77,9 +87,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         overrides = _parse_sets(args.set)
+        if args.vqgan_path:
+            overrides["vqgan_path"] = args.vqgan_path
+        if args.out:
+            overrides["out"] = args.out
         result = inference_model(args.checkpoint, args.image, task=args.task, text=args.text, bpe_dir=args.bpe_dir,
                                  ema=args.ema, device=args.device, caption=args.caption, **overrides)
-        if args.draw:
+        result.pop("images", None)  # PIL images (image_gen): written with --out
+        if args.draw and result["task"] != "image_gen":
             draw_result(args.image, result, label=args.text).save(args.draw)
     except (OSError, ValueError, TypeError, CheckpointError, HubError) as e:
         message = str(e)

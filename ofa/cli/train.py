@@ -9,6 +9,7 @@ killed run never leaves a half-written checkpoint; ``--restore-file`` accepts of
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from .common import configure_distributed, setup
@@ -33,6 +34,8 @@ def main(argv=None) -> None:
     # OFA's data is a comma list of files, not fairseq's folder of split files: fairseq's check for
     # "valid subsets left unused" would try to list it as a folder
     cfg.dataset.ignore_unused_valid_subsets = True
+    if cfg.common.log_file:  # fairseq opens it before it creates --save-dir: make its folder
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.common.log_file)), exist_ok=True)
     configure_distributed(cfg)
     distributed_utils.call_main(cfg, train_main)
 

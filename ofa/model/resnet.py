@@ -93,13 +93,14 @@ class OFAResNet(nn.Module):
 
 
 class TimmBackbone(nn.Module):
-    """Any timm CNN truncated at its stride-16 stage: ``[B, 3, S, S] -> [B, C, S/16, S/16]``.
+    """Any timm CNN truncated at its stride-``stride`` stage: ``[B, 3, S, S] -> [B, C, S/stride, S/stride]``.
 
-    ``out_channels`` is read from timm's feature info. Used only for models trained by this
-    project (released OFA checkpoints always use ``OFAResNet``).
+    The stride is 16 (OFA's patch size) unless asked otherwise; a stride of 8 gives small images a finer
+    patch grid (64 px -> 8 x 8 tokens). ``out_channels`` is read from timm's feature info. Used only for
+    models trained by this project (released OFA checkpoints always use ``OFAResNet``).
     """
 
-    def __init__(self, name: str, drop_path_rate: float = 0.0):
+    def __init__(self, name: str, drop_path_rate: float = 0.0, stride: int = 16):
         super().__init__()
         try:
             import timm
@@ -107,9 +108,9 @@ class TimmBackbone(nn.Module):
             raise ImportError("the timm image backbone needs `pip install timm`") from e
         probe = timm.create_model(name, pretrained=False, features_only=True)
         reductions = probe.feature_info.reduction()
-        if 16 not in reductions:
-            raise ValueError(f"timm model {name!r} has no stride-16 feature stage (strides {reductions})")
-        index = reductions.index(16)
+        if stride not in reductions:
+            raise ValueError(f"timm model {name!r} has no stride-{stride} feature stage (strides {reductions})")
+        index = reductions.index(stride)
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
         self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=(index,), **kwargs)
         self.out_channels = self.body.feature_info.channels()[0]
@@ -122,10 +123,14 @@ def build_image_backbone(resnet_type: str, drop_path_rate: float = 0.0, freeze_b
     """Build the backbone named by the model config's ``resnet_type``.
 
     ``resnet50/101/152`` (and OFA's aliases ``resnet18/34``) build the official stages;
-    ``timm:<name>`` builds a timm feature extractor.
+    ``timm:<name>`` builds a timm feature extractor cut at stride 16, ``timm:<name>@<stride>`` at another
+    stride (e.g. ``timm:resnet10t@8``).
     """
     if resnet_type.startswith("timm:"):
-        return TimmBackbone(resnet_type[len("timm:"):], drop_path_rate)
+        name, _, stride = resnet_type[len("timm:"):].partition("@")
+        if stride and not stride.isdigit():
+            raise ValueError(f"resnet_type {resnet_type!r}: the stride after '@' must be an integer")
+        return TimmBackbone(name, drop_path_rate, int(stride) if stride else 16)
     if resnet_type not in RESNET_LAYERS:
         raise ValueError(
             f"unknown resnet_type {resnet_type!r}; choose one of {sorted(RESNET_LAYERS)} or 'timm:<model name>'"
