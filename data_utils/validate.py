@@ -34,7 +34,19 @@ def _check_label_index(value: str, fields: Dict[str, str]) -> None:
         raise DataError(f"label index {value!r} is not a positive integer")
 
 
+def _check_code(value: str, fields: Dict[str, str]) -> None:
+    """Image codes: space-separated non-negative integers whose count is a square (a code grid)."""
+    codes = value.split()
+    bad = next((c for c in codes if not c.isdigit()), None)
+    if bad is not None:
+        raise DataError(f"image code {bad!r} is not a non-negative integer")
+    side = int(round(len(codes) ** 0.5))
+    if side * side != len(codes):
+        raise DataError(f"{len(codes)} image codes do not fill a square code grid")
+
+
 CHECKS: Dict[str, Callable[[str, Dict[str, str]], None]] = {
+    "code": _check_code,
     "answers": _check_answers,
     "label": _check_label,
     "label_index": _check_label_index,

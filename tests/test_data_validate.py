@@ -80,3 +80,12 @@ def test_cli_exits_nonzero_and_names_file_row_and_field(tmp_path, capsys):
     assert ofa_data(["validate", path, "--task", "caption"]) == 1
     err = capsys.readouterr().err
     assert f"{path}, row 1, field 'image'" in err
+
+
+def test_image_gen_codes_must_be_integers_filling_a_square_grid(tmp_path):
+    path = tmp_path / "image_gen.tsv"
+    good = " ".join(str(k) for k in range(16))
+    path.write_text(f"0\t{good}\ta red circle\n1\t1 2 x 4\ta blue star\n2\t1 2 3\ta square\n3\t\tno codes\n")
+    found = problems(str(path), "image_gen")
+    assert [(r, f) for r, f, _ in found] == [(1, "code"), (2, "code"), (3, "code")]
+    assert "'x'" in found[0][2] and "square" in found[1][2] and "empty" in found[2][2]

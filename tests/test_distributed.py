@@ -40,7 +40,10 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(bench, t
     assert out.returncode == 0, out.stderr[-3000:]
     assert "distributed init" in out.stdout + out.stderr
     a, b = weights(single / "checkpoint_last.pt"), weights(double / "checkpoint_last.pt")
-    assert max_diff(a, b) < 1e-5
+    # two Adam steps at lr 1e-3 move a weight by up to ~2e-3; a wrong global batch (ranks reading the
+    # same rows, gradients summed instead of averaged) differs by that much. What is left is float
+    # summation order (gloo all-reduce vs one batch; thread count), ~1e-5.
+    assert max_diff(a, b) < 5e-5
 
 
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(bench, tmp_path):

@@ -198,6 +198,20 @@ def test_timm_backbone_option_builds_a_stride16_extractor(small_dict):
     assert enc["encoder_out"][0].shape[0] == 16 + 7
 
 
+def test_timm_backbone_at_stride_8_gives_a_finer_patch_grid(small_dict):
+    from ofa.model.resnet import build_image_backbone
+
+    model = OFAModel.from_config(config_for_arch("ofa_test", resnet_type="timm:resnet18@8"), small_dict).eval()
+    b = batch(small_dict, bsz=1)
+    with torch.no_grad():
+        enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
+    assert enc["encoder_out"][0].shape[0] == 64 + 7  # 64 px image / 8 = 8 x 8 patches, then the text
+    with pytest.raises(ValueError, match="stride-3"):
+        build_image_backbone("timm:resnet18@3")
+    with pytest.raises(ValueError, match="integer"):
+        build_image_backbone("timm:resnet18@x")
+
+
 def test_relative_position_buckets_follow_the_official_formula():
     table = token_bucket_table(256)
     rel = {129: 129, 130: 129, 200: 156, 500: 212, 1023: 255, -200: -156, 0: 0, 128: 128}

@@ -352,7 +352,8 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vqgan")
     data = root / "synth"
-    generate(str(data), SynthConfig(seed=0, num_images=20, image_size=32, valid_frac=0.1, test_frac=0.1))
+    generate(str(data), SynthConfig(seed=0, num_images=20, image_size=32, valid_frac=0.1, test_frac=0.1,
+                                    comp_frac=0.0))  # 16 train images
     out = root / "run"
     argv = ["train", "--images", str(data / "caption_train.tsv"), "--out", str(out), "--image-size", "32",
             "--steps", str(TRAIN_STEPS), "--batch-size", "8", "--ch", "8", "--ch-mult", "1,2,4", "--z-channels", "16",
