@@ -10,7 +10,12 @@ Stages (each one a subprocess of the installed command-line tools next to ``sys.
 
 1. ``ofa-data synth``       the benchmark (skipped when ``DATA/manifest.json`` matches the settings)
 2. ``ofa-tokenizer train``  a SentencePiece BPE tokenizer on the training text (skipped when present)
-3. ``ofa-train``            one small model per task (``--log-format json --log-file``), from scratch
+3. ``ofa-train``            one small model per task (``--log-format json --log-file``); each task starts
+                            from the previous task's final weights (``init`` in the recipe: the chain
+                            VQA -> classification -> grounding -> entailment -> caption shares what
+                            the earlier tasks learned about colours, shapes and positions); the first
+                            starts from scratch. ``--set TASK.init=null`` trains a task from scratch,
+                            ``--set TASK.init='"path.pt"'`` from a checkpoint
 4. ``ofa-train`` again      caption stage 2: SCST (CIDEr-D reward) from the stage-1 checkpoint
 5. ``ofa-evaluate``         every model on the TEST split, where the targets apply, and on the
                             compositional COMP split (and the stage-1 caption model, for the
@@ -44,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ----------------------------------------------------------------------------------------- the recipe
 # The model: OFA's layout (pre-LN encoder-decoder, shared embeddings, relative position biases) at a
-# CPU size; a timm ResNet-18 truncated at stride 16 turns a 64 x 64 image into a 4 x 4 patch grid.
+# CPU size; a timm ResNet-10t truncated at stride 16 turns a 64 x 64 image into a 4 x 4 patch grid.
 MODEL_ARGS = [
     "--arch", "ofa_tiny",
     "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
