@@ -297,6 +297,15 @@ def _lookup(codebook: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return F.embedding(codes, codebook).permute(0, 3, 1, 2).contiguous()
 
 
+def _restart_rows(dead: torch.Tensor, samples: torch.Tensor):
+    """Indices of the ``dead`` [K] bool codes and a random row of ``samples`` [N, D] for each (empty
+    when nothing is dead or there are no samples)."""
+    idx = dead.nonzero().flatten()
+    if len(samples) == 0:
+        idx = idx[:0]
+    return idx, samples[torch.randint(len(samples), (len(idx),), device=samples.device)] if len(idx) else samples[:0]
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook with a straight-through estimator (``vq``); key ``embedding.weight``."""
 
@@ -323,10 +332,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def restart_codes(self, dead: torch.Tensor, samples: torch.Tensor) -> int:
         """Move the codes flagged in ``dead`` [K] bool onto random rows of ``samples`` [N, D]; returns how many."""
-        idx = dead.nonzero().flatten()
-        if len(idx) == 0 or len(samples) == 0:
-            return 0
-        pick = samples[torch.randint(len(samples), (len(idx),), device=samples.device)]
+        idx, pick = _restart_rows(dead, samples)
         self.embedding.weight.data[idx] = pick.to(self.embedding.weight.dtype)
         return len(idx)
 
@@ -380,10 +386,9 @@ class EMAVectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def restart_codes(self, dead: torch.Tensor, samples: torch.Tensor) -> int:
-        idx = dead.nonzero().flatten()
-        if len(idx) == 0 or len(samples) == 0:
-            return 0
-        pick = samples[torch.randint(len(samples), (len(idx),), device=samples.device)].float()
+        """As ``VectorQuantizer.restart_codes``; the moved codes' running statistics restart too."""
+        idx, pick = _restart_rows(dead, samples)
+        pick = pick.float()
         cb = self.embedding
         cb.weight.data[idx] = pick
         cb.cluster_size[idx] = 1.0
