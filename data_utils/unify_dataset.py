@@ -43,9 +43,12 @@ rule gives the same cadence, deterministic and independent of the number of work
   the BPE of ``" {category}"``, then EOS. ``boxes`` is ``x0,y0,x1,y1,cat_id,cat_name`` joined by ``&&``.
 
 V-L transforms: caption / qa: ``RandomResize(range(P, round(P * vl_max_scale) + 1), max_size=round(P *
-1.75))`` -> ``CenterCrop(P)`` -> RandAugment(2, 7, the official ten ops) -> normalise (P = 384: scales
-384..480, max 672 as official). Grounding: the same resize -> ``ObjectCenterCrop(P)`` -> normalise;
-boxes / ``max_image_size`` (in [0, 0.75] for P = 384).
+1.75))`` -> ``CenterCrop(P)`` -> RandAugment(2, 7, the official ten ops; ``vl_rand_augment=False`` skips
+it) -> normalise (P = 384: scales 384..480, max 672 as official). Grounding: the same resize ->
+``ObjectCenterCrop(P)`` -> normalise; boxes / ``max_image_size`` (in [0, 0.75] for P = 384).
+Data whose labels are colours and positions (the embedded scenes) want ``vl_max_scale=1`` and no
+RandAugment: Brightness / Equalize change colour names, Translate / Rotate / Shear and the crop move or
+cut the objects that captions place "on the left".
 
 Negatives (official ``get_negative_caption`` / ``get_negative_answer``): ``neg_sample_dir`` holds
 ``type2ans.json``, ``object.txt``, ``all_captions.txt``; without it the pools are collected from the V-L
@@ -106,6 +109,7 @@ class UnifyDataConfig(TextDataConfig):
     image_per_block: int = 1
     detection_per_block: int = 1
     vl_max_scale: float = 1.25  # largest random short side / patch size (official 480 / 384)
+    vl_rand_augment: bool = True  # official RandAugment(2, 7) on caption / qa images (train split)
     vl_max_size_ratio: float = 1.75  # RandomResize max_size / patch size (official 672 / 384)
     detection_scale_max: float = 1.5
 
@@ -250,7 +254,7 @@ class UnifyDataset(OFADataset):
         scales = range(P, max(P, round(P * c.vl_max_scale)) + 1)
         img, _ = random_resize(img, [], scales, round(P * c.vl_max_size_ratio), rng)
         img = center_crop(img, P)
-        if self.is_train:
+        if self.is_train and self.cfg.vl_rand_augment:
             img = apply_seeded(self._augment, img, rng)
         return to_tensor(img, self.mean, self.std)
 

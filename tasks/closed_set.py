@@ -162,6 +162,14 @@ class ClosedSetTask(OFATask):
         if (self.cfg.val_inference_type == "beamsearch" and not self.cfg.unconstrained_training
                 and "constraint_trie" not in overrides):
             overrides["constraint_trie"] = self.answer_set.trie
+        # a closed set is ranked by each answer's summed log-probability, as allcand ranks it (the official
+        # VQA beam evaluation passes --unnormalized): length normalisation would divide by the forced
+        # prompt's length too and favour long answers
+        overrides.setdefault("normalize_scores", False)
+        if self.cfg.prompt_type != "none" and "max_len_b" not in overrides:
+            # the decoder prompt (up to the whole source) is forced before the answer: leave room for both
+            longest = max(len(t) for t in self.answer_set.tokens)
+            overrides["max_len_b"] = max(self.cfg.eval_max_len_b, self.cfg.max_src_length + longest + 3)
         return super().build_generator(models, args, **overrides)
 
     def add_constraints(self, sample):
@@ -188,6 +196,9 @@ class ClosedSetTask(OFATask):
         hyps = self.generator.generate([model], self.net_input_for_generation(sample), prefix_tokens=prefix)
         out = []
         for i, h in enumerate(hyps):
+            if not h:
+                raise RuntimeError(f"beam search finished no hypothesis for sample {sample['uniq_ids'][i]!r} "
+                                   f"(decoder prompt + answer longer than the generator's max_len?)")
             skip = int(prefix[i].ne(self.dict.pad()).sum()) if prefix is not None else 0
             out.append(self.decode(h[0]["tokens"][skip:]))
         return out

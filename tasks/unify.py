@@ -56,6 +56,9 @@ class UnifyConfig(OFATaskConfig):
     detection_per_block: int = field(default=1, metadata={"help": "detection examples per block"})
     vl_max_scale: float = field(
         default=1.25, metadata={"help": "V-L RandomResize: largest short side / patch size (official 480/384)"})
+    no_vl_rand_augment: bool = field(
+        default=False, metadata={"help": "skip the official RandAugment(2, 7) of caption / qa images (with "
+                                         "--vl-max-scale 1: for data whose labels are colours and positions)"})
 
 
 @register_task("unify", dataclass=UnifyConfig)
@@ -79,7 +82,8 @@ class UnifyTask(OFATask):
             replace_length=c.replace_length, text_max_tokens=c.text_max_tokens, pretrain_seed=c.pretrain_seed,
             code_image_size=c.code_image_size, vqgan_factor=c.vqgan_factor, extras_every=c.extras_every,
             text_per_block=c.text_per_block, image_per_block=c.image_per_block,
-            detection_per_block=c.detection_per_block, vl_max_scale=c.vl_max_scale)
+            detection_per_block=c.detection_per_block, vl_max_scale=c.vl_max_scale,
+            vl_rand_augment=not c.no_vl_rand_augment)
 
     def _extra_reader(self, path, schema, selected, names, epoch):
         if not path:

@@ -94,3 +94,22 @@ def test_training_with_ema_stores_weights_that_evaluate_with_ema(bench, tmp_path
     evaluate_main([f"{bench}/snli_ve_test.tsv", "--path", str(save / "checkpoint_last.pt"), "--ema",
                    "--results-path", str(results), "--batch-size", "8"])
     assert "snli_score" in json.loads((results / "test_metrics.json").read_text())
+
+
+def test_vqa_beam_search_after_a_question_prompt_ranks_like_candidate_scoring(bench, tmp_path):
+    """--prompt-type prev_output forces the question before the answer: trie-constrained beam search must
+    leave room for it (it used to finish no hypothesis) and, ranking answers by their summed
+    log-probability with a beam that holds every candidate, pick what scoring every candidate picks."""
+    save = tmp_path / "ckpt"
+    train_main(train_args("vqa_gen", bench, save))
+    answers = {}
+    for mode in ("allcand", "beamsearch"):
+        results = tmp_path / mode
+        evaluate_main([f"{bench}/vqa_test.tsv", "--path", str(save / "checkpoint_last.pt"), "--results-path",
+                       str(results), "--batch-size", "8", "--val-inference-type", mode, "--eval-beam", "64"])
+        answers[mode] = {r["question_id"]: r["answer"] for r in json.loads((results / "test_predict.json").read_text())}
+    candidates = set(json.loads(open(f"{bench}/vqa_ans2label.json").read()))
+    assert answers["beamsearch"].keys() == answers["allcand"].keys() and len(answers["allcand"]) > 0
+    assert set(answers["beamsearch"].values()) <= candidates
+    same = sum(answers["beamsearch"][q] == a for q, a in answers["allcand"].items())
+    assert same == len(answers["allcand"])

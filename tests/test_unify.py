@@ -13,7 +13,9 @@ from PIL import Image
 
 from ofa.data_utils import unify_dataset as U
 from ofa.data_utils.images import encode_image
+from ofa.data_utils.pretrain_transforms import center_crop
 from ofa.data_utils.readers import open_reader
+from ofa.data_utils.transforms import to_tensor
 from ofa.data_utils.unify_dataset import NegativePools, UnifyDataConfig, UnifyDataset
 
 
@@ -269,3 +271,17 @@ def test_pretraining_steps(src, tmp_path, caplog):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses), text[-2000:]
     # every batch was a [v1, v2] pair (one block of extras per 4 V-L rows)
     assert len(re.findall(r"loss_v2=[0-9.]+", text)) == 2
+
+
+def test_vl_images_untouched_without_augment_and_scale(src):
+    """--no-vl-rand-augment --vl-max-scale 1: a caption row's image is the file's image, normalised (the
+    embedded scenes' colours and positions are labels); the official default changes some of them."""
+    plain = make_ds(src, extras=False, vl_max_scale=1.0, vl_rand_augment=False)
+    official = make_ds(src, extras=False)
+    changed = 0
+    for i in rows_of(plain, "caption")[:8]:
+        img = plain.image(row(plain, i)["image"])
+        want = to_tensor(center_crop(img, 64), plain.mean, plain.std)
+        assert torch.equal(plain[i]["vl"][0]["patch_image"], want)
+        changed += not torch.equal(official[i]["vl"][0]["patch_image"], want)
+    assert changed > 0
