@@ -96,6 +96,8 @@ class OFADataset(FairseqDataset):
                 self.skipped += 1
                 return None
             raise err from None
+        if "uniq_id" in example and example["uniq_id"] is None:
+            example["uniq_id"] = g  # files without an id column: the row's 0-based line number in the file
         example["id"] = index
         example["padding_row"] = self.reader.is_padding(index)
         return example

@@ -50,10 +50,10 @@ def parse_args(argv=None):
                    help="finetuning updates = the main job's recipe updates times this (same in both arms)")
     p.add_argument("--tasks", default=",".join(mj.RECIPE))
     p.add_argument("--vqgan", default=None, help="VQGAN folder: adds image infilling to the mixture")
-    p.add_argument("--official-augment", action="store_true",
-                   help="pretrain with the official V-L image augmentation (RandomResize up to 1.25x + CenterCrop, "
-                        "RandAugment); by default it is off, as the finetuning tasks see the scenes unaugmented and "
-                        "its colour and geometry operations change what the captions and answers say")
+    p.add_argument("--no-vl-augment", action="store_true",
+                   help="pretrain without the official V-L image augmentation (RandomResize up to 1.25x + CenterCrop, "
+                        "RandAugment), as the finetuning tasks see the scenes; its colour and geometry operations can "
+                        "change what the captions and answers say (measured: about neutral, see the README)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data and a dozen updates")
     p.add_argument("--keep", action="store_true", help="reuse finished stages in OUT")
     return p.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                    "--neg-sample-dir", str(pre)]
         if (pre / "pretrain_image.tsv").exists():
             sources += ["--image-data", str(pre / "pretrain_image.tsv")]
-        if not args.official_augment:
+        if args.no_vl_augment:
             sources += ["--vl-max-scale", "1", "--no-vl-rand-augment"]
         stages.run("pretrain", [
             mj.tool("ofa-train"), str(pre / "pretrain_vl.tsv"), "--task", "unify", "--bpe-dir", str(tok),
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                      "--set", f"{task}.warmup={max(1, min(r['warmup'], n // 10))}",
                      "--set", f"{task}.init={json.dumps(init)}"]
         arm_out = out / f"finetune_{arm}"
-        argv_arm = ["--data", str(data), "--out", str(arm_out), "--tasks", ",".join(tasks), "--no-scst", *sets]
+        argv_arm = ["--data", str(data), "--out", str(arm_out), "--tasks", ",".join(tasks), "--no-scst", "--comp", *sets]
         if args.quick:
             argv_arm += ["--num-images", str(num_images)]
         if args.keep:
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         row["pretraining_helps"] = (row["pretrained_test"] or 0) > (row["scratch_test"] or 0)
         rows.append(row)
     report = {"command": " ".join([sys.executable, *sys.argv]), "pretrain_updates": pre_updates,
-              "vl_augment": "official" if args.official_augment else "none",
+              "vl_augment": "none" if args.no_vl_augment else "official",
               "pretrain_images_drawn": pre_images, "finetune_scale": args.finetune_scale,
               "vqgan": args.vqgan, "rows": rows, "zero_shot": zero, "pretrain_curve": pre_curve,
               "total_seconds": round(time.perf_counter() - t0, 1), "stage_seconds": stages.times}

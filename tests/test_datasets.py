@@ -81,6 +81,8 @@ def test_snli_ve_maps_labels_and_classification_keeps_names(tmp_path, tok):
     assert [tok.decode(ds[i]["target"]) for i in range(3)] == ["yes", "no", "maybe"]
     ds = dataset(tmp_path, "image_classify", tok)
     assert tok.decode(ds[1]["target"]) == "blue circle" and ds[1]["ref_dict"] == {"blue circle": 1.0}
+    # the classification TSV has no id column: predictions are keyed by the row's line number
+    assert [ds[i]["uniq_id"] for i in range(3)] == [0, 1, 2]
 
 
 def test_bad_row_fails_with_its_location_by_default_and_is_skipped_on_request(tmp_path, tok):
