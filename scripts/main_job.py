@@ -18,8 +18,8 @@ Stages (each one a subprocess of the installed command-line tools next to ``sys.
                             colours, shapes and positions. ``--set TASK.init=null`` trains a task from
                             scratch, ``--set TASK.init='"path.pt"'`` from a checkpoint
 4. ``ofa-train`` again      caption stage 2: SCST (CIDEr-D reward) from the stage-1 checkpoint
-5. ``ofa-evaluate``         every model on the TEST split, where the targets apply, and on the
-                            compositional COMP split (and the stage-1 caption model, for the
+5. ``ofa-evaluate``         every model on the TEST split, where the targets apply, and with ``--comp``
+                            on the compositional COMP split (and the stage-1 caption model, for the
                             SCST before / after comparison)
 
 Outputs under ``--out``: ``metrics.json`` (test metrics, targets, per-stage wall time),
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
     # 5. evaluation on TEST (the targets) and on the compositional split COMP (reported, no target)
     for key, res in results.items():
         task = "caption" if key == "caption_scst" else key
-        for split in [s for s in EVAL_SPLITS if args.comp or s != "comp"]:
+        for split in EVAL_SPLITS if args.comp else EVAL_SPLITS[:1]:
             rdir = out / key / split
             cmd = [tool("ofa-evaluate"), f"{data}/{FILES[task]}_{split}.tsv", "--path", res["checkpoint"],
                    "--results-path", str(rdir), "--batch-size", "64", "--cpu"]
