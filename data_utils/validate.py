@@ -8,6 +8,7 @@ field; the exit status is non-zero when any row is bad.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -40,7 +41,7 @@ def _check_code(value: str, fields: Dict[str, str]) -> None:
     bad = next((c for c in codes if not c.isdigit()), None)
     if bad is not None:
         raise DataError(f"image code {bad!r} is not a non-negative integer")
-    side = int(round(len(codes) ** 0.5))
+    side = math.isqrt(len(codes))
     if side * side != len(codes):
         raise DataError(f"{len(codes)} image codes do not fill a square code grid")
 

@@ -301,9 +301,9 @@ def _restart_rows(dead: torch.Tensor, samples: torch.Tensor):
     """Indices of the ``dead`` [K] bool codes and a random row of ``samples`` [N, D] for each (empty
     when nothing is dead or there are no samples)."""
     idx = dead.nonzero().flatten()
-    if len(samples) == 0:
-        idx = idx[:0]
-    return idx, samples[torch.randint(len(samples), (len(idx),), device=samples.device)] if len(idx) else samples[:0]
+    if len(idx) == 0 or len(samples) == 0:
+        return idx[:0], samples[:0]
+    return idx, samples[torch.randint(len(samples), (len(idx),), device=samples.device)]
 
 
 class VectorQuantizer(nn.Module):
