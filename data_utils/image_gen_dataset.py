@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ofa.vqgan import codes as vqgan_codes
+
 from .datasets import DataConfig, OFADataset
 from .errors import DataError
 from .text import pre_caption
@@ -41,19 +43,10 @@ class ImageGenDataConfig(DataConfig):
 
 def parse_codes(text: str, expected: int, vocab_size: int) -> torch.Tensor:
     """``"3 17 5 ..."`` -> LongTensor ``[expected]``; ``DataError`` (field ``code``) when malformed."""
-    parts = text.split()
     try:
-        codes = torch.tensor([int(p) for p in parts], dtype=torch.long)
-    except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise DataError(f"code {bad!r} is not an integer (the column holds space-separated integers)",
-                        field="code") from None
-    if codes.numel() != expected:
-        raise DataError(f"{codes.numel()} codes, expected {expected}", field="code")
-    if int(codes.min()) < 0 or int(codes.max()) >= vocab_size:
-        raise DataError(f"codes must lie in [0, {vocab_size}), got [{int(codes.min())}, {int(codes.max())}]",
-                        field="code")
-    return codes
+        return torch.tensor(vqgan_codes.parse_codes(text, expected, vocab_size), dtype=torch.long)
+    except vqgan_codes.CodeError as e:
+        raise DataError(str(e), field="code") from None
 
 
 class ImageGenDataset(OFADataset):

@@ -8,9 +8,10 @@ field; the exit status is non-zero when any row is bad.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Callable, Dict, Iterator, List, Optional
+
+from ofa.vqgan.codes import CodeError, code_grid, parse_codes
 
 from .datasets import SNLI_LABELS
 from .errors import DataError
@@ -36,14 +37,11 @@ def _check_label_index(value: str, fields: Dict[str, str]) -> None:
 
 
 def _check_code(value: str, fields: Dict[str, str]) -> None:
-    """Image codes: space-separated non-negative integers whose count is a square (a code grid)."""
-    codes = value.split()
-    bad = next((c for c in codes if not c.isdigit()), None)
-    if bad is not None:
-        raise DataError(f"image code {bad!r} is not a non-negative integer")
-    side = math.isqrt(len(codes))
-    if side * side != len(codes):
-        raise DataError(f"{len(codes)} image codes do not fill a square code grid")
+    """Image codes: non-negative integers (or ``<code_i>`` tokens) whose count fills a square code grid."""
+    try:
+        code_grid(len(parse_codes(value)))
+    except CodeError as e:
+        raise DataError(str(e)) from None
 
 
 CHECKS: Dict[str, Callable[[str, Dict[str, str]], None]] = {

@@ -166,9 +166,10 @@ def _interesting(line: str) -> bool:
 def json_records(log_file: Path) -> List[Tuple[str, Dict[str, Any]]]:
     """``(kind, record)`` for every JSON metrics line of a fairseq ``--log-file``.
 
-    fairseq writes the bare JSON of each progress-bar record to the file (no logger name), once per
-    progress bar opened so far (each adds a file handler), so records are told apart by their keys
-    (``valid_*``: validation; ``train_loss``: end-of-epoch summary; else ``train_inner``) and de-duplicated.
+    fairseq writes the bare JSON of each progress-bar record to the file (no logger name), so records are
+    told apart by their keys (``valid_*``: validation; ``train_loss``: end-of-epoch summary; else
+    ``train_inner``). Repeated records are dropped: plain ``fairseq-train`` (and ``ofa-train`` before it
+    attached the file handler once) wrote each record once per progress bar opened so far.
     """
     out, seen = [], set()
     if not log_file.exists():

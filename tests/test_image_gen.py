@@ -99,10 +99,11 @@ def test_pre_caption_and_inference_rows_without_codes(env, tmp_path):
 
 
 @pytest.mark.parametrize("code, message", [
-    (" ".join(["1"] * (N - 1)), f"{N - 1} codes, expected {N}"),
-    (" ".join(["1"] * (N - 1) + ["x2"]), "'x2' is not an integer"),
-    (" ".join(["1"] * (N - 1) + ["1.5"]), "'1.5' is not an integer"),
+    (" ".join(["1"] * (N - 1)), f"{N - 1} image codes, expected {N}"),
+    (" ".join(["1"] * (N - 1) + ["x2"]), "'x2' is not a non-negative integer"),
+    (" ".join(["1"] * (N - 1) + ["1.5"]), "'1.5' is not a non-negative integer"),
     (" ".join(["1"] * (N - 1) + [str(CODES)]), "must lie in"),
+    (" ".join(["1"] * (N - 1) + ["-1"]), "'-1' is not a non-negative integer"),
 ])
 def test_bad_row_names_file_row_and_field(env, tmp_path, code, message):
     good = " ".join(["3"] * N)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,22 @@ def test_vqa_beam_search_after_a_question_prompt_ranks_like_candidate_scoring(be
     assert set(answers["beamsearch"].values()) <= candidates
     same = sum(answers["beamsearch"][q] == a for q, a in answers["allcand"].items())
     assert same == len(answers["allcand"])
+
+
+def test_log_file_gets_each_line_once_across_epochs(bench, tmp_path, caplog):
+    """fairseq attached a new --log-file handler per epoch and validation: epoch N wrote every line N times."""
+    caplog.set_level(logging.INFO)  # fairseq logs its stats at INFO (pytest leaves the root at WARNING)
+    rows = sum(1 for line in open(f"{bench}/image_classify_train.tsv") if line.strip())
+    updates = 3 * -(-rows // 4)  # three epochs of batch 4
+    log = tmp_path / "logs" / "train.log"
+    args = train_args("image_classify", bench, tmp_path / "ckpt",
+                      ["--log-file", str(log), "--log-format", "json", "--log-interval", "1"])
+    args[args.index("--max-update") + 1] = str(updates)
+    args[args.index("--validate-interval-updates") + 1] = str(updates // 3)
+    train_main(args)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    valid = [json.loads(line) for line in lines if '"valid_loss"' in line]
+    inner = [json.loads(line) for line in lines if '"update"' in line and '"valid_loss"' not in line]
+    assert len(lines) == len(set(lines))
+    assert [int(v["valid_num_updates"]) for v in valid] == [updates // 3, 2 * updates // 3, updates]
+    assert max(int(r["num_updates"]) for r in inner) >= updates - 1 and max(r["epoch"] for r in inner) == 3

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ofa.vqgan import convert
-from ofa.vqgan.cli import main as vqgan_main, parse_codes
+from ofa.vqgan.cli import main as vqgan_main
+from ofa.vqgan.codes import parse_codes
 from ofa.vqgan.metrics import gaussian_window, psnr, ssim
 from ofa.vqgan.model import (VQGAN, EMAVectorQuantizer, GumbelQuantizer, VectorQuantizer, VQGANConfig,
                              codebook_stats)
@@ -420,6 +421,22 @@ def test_cli_eval_encode_decode_info(trained, tmp_path, capsys):
     capsys.readouterr()
     assert vqgan_main(["info", "--model", model_path]) == 0
     assert "ema f=4 n_embed=128" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("codes, message", [
+    (" ".join(["1"] * 63), "63 image codes do not fill a square code grid"),
+    (" ".join(["1"] * 63 + ["x"]), "'x' is not a non-negative integer"),
+    (" ".join(["1"] * 63 + ["128"]), "must lie in [0, 128)"),  # the trained codebook has 128 codes
+])
+def test_cli_decode_names_the_line_of_bad_codes_and_writes_nothing_for_it(trained, tmp_path, codes, message):
+    _, out = trained
+    path = tmp_path / "codes.tsv"
+    path.write_text("good\t" + " ".join(["5"] * 64) + "\nbad\t" + codes + "\n")
+    with pytest.raises(SystemExit) as e:
+        vqgan_main(["decode", "--model", str(out / "model.pt"), "--codes", str(path), "--out", str(tmp_path / "png"),
+                    "--threads", "1"])
+    assert f"{path} line 2: " in str(e.value) and message in str(e.value)
+    assert sorted(os.listdir(tmp_path / "png")) == ["good.png"]
 
 
 def test_image_folder_input(tmp_path):

@@ -26,6 +26,34 @@ def setup() -> None:
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
     _make_checkpoint_copies_atomic()
     _ema_copies_integer_buffers()
+    _progress_log_file_once()
+
+
+def _progress_log_file_once() -> None:
+    """fairseq's ``progress_bar()`` attaches a new ``FileHandler`` for ``--log-file`` at every call (every
+    epoch and every validation), so epoch N wrote each line N times and leaked a file handle per call;
+    here the handler is attached only when that file has none yet."""
+    import inspect
+    import logging
+
+    from fairseq.logging import progress_bar as pb
+
+    if getattr(pb, "_ofa_log_once", False):
+        return
+    original = pb.progress_bar
+    signature = inspect.signature(original)
+
+    def progress_bar(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        log_file = bound.arguments.get("log_file")
+        if log_file is not None:
+            path = os.path.abspath(log_file)
+            if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in pb.logger.handlers):
+                bound.arguments["log_file"] = None
+        return original(*bound.args, **bound.kwargs)
+
+    pb.progress_bar = progress_bar
+    pb._ofa_log_once = True
 
 
 def _ema_copies_integer_buffers() -> None:

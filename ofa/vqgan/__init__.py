@@ -6,6 +6,7 @@
   safely and strictly, and write that format.
 - ``train`` / ``cli``: ``ofa-vqgan train | eval | encode | decode | info``.
 - ``metrics``: PSNR and SSIM in torch.
+- ``codes``: the parser of code text (``"12 7"`` or ``"<code_12> <code_7>"``) every reader shares.
 """
 from .convert import CheckpointFormatError, load_official, load_vqgan, read_state_dict, save_official
 from .model import VQGAN, VQGANConfig, codebook_stats

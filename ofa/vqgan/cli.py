@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -21,6 +20,7 @@ from typing import List, Optional
 
 import torch
 
+from .codes import CodeError, code_grid, parse_codes
 from .train import TrainArgs
 
 
@@ -202,16 +202,11 @@ def _encode(args) -> int:
     return 0
 
 
-def parse_codes(text: str) -> List[int]:
-    """``"12 7 8191"`` or ``"<code_12> <code_7>"`` -> integers."""
-    toks = text.split()
-    return [int(t[6:-1]) if t.startswith("<code_") and t.endswith(">") else int(t) for t in toks]
-
-
 def _decode(args) -> int:
     from .data import to_pil
 
     model = _load(args)
+    grid = tuple(int(v) for v in args.grid.lower().split("x")) if args.grid else None
     os.makedirs(args.out, exist_ok=True)
     n = 0
     with open(args.codes) as f:
@@ -220,13 +215,11 @@ def _decode(args) -> int:
             if not line.strip():
                 continue
             fields = line.split("\t")
-            codes = parse_codes(fields[-1])
-            if args.grid:
-                h, w = (int(v) for v in args.grid.lower().split("x"))
-            else:
-                h = w = math.isqrt(len(codes))
-            if h * w != len(codes):
-                raise SystemExit(f"{args.codes} line {lineno + 1}: {len(codes)} codes do not fill a {h}x{w} grid")
+            try:
+                codes = parse_codes(fields[-1], vocab_size=model.n_embed)
+                h, w = code_grid(len(codes), grid)
+            except CodeError as e:
+                raise SystemExit(f"{args.codes} line {lineno + 1}: {e}") from None
             image = model.decode(torch.tensor(codes).view(1, h, w))[0].cpu()
             name = fields[0] if len(fields) > 1 else str(lineno)
             safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or str(lineno)
