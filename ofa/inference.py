@@ -19,6 +19,10 @@ resize and normalisation, resize ratios) is the same as in evaluation. Predictio
 Every result also holds ``"task"`` (the registered task name) and ``"image_size": [w, h]`` (of the
 input image; for ``image_gen`` of the generated one).
 
+Each task runs through its ``InferenceSpec`` in ``INFERENCE`` (the input row its dataset reads, the
+predictor, the lines ``ofa-predict`` prints, its aliases); a plugin task becomes runnable here, and by
+``ofa-predict --user-dir``, by calling ``register_inference`` next to its ``@register_task``.
+
 Loaded models are kept in a small module-level cache keyed by the resolved path, ``bpe_dir`` and
 ``ema`` (and the file's size / modification time), so repeated calls do not reload; ``load()`` returns
 an ``InferenceHandle`` that can be passed as ``checkpoint`` too, and ``clear_cache()`` empties it.
@@ -30,36 +34,12 @@ import dataclasses
 import inspect
 import io
 import os
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from .checkpoint import load_model
 from .hub import resolve_checkpoint
-
-# friendly name -> registered fairseq task name
-TASK_ALIASES: Dict[str, str] = {
-    "caption": "caption",
-    "captioning": "caption",
-    "image_caption": "caption",
-    "refcoco": "refcoco",
-    "grounding": "refcoco",
-    "visual_grounding": "refcoco",
-    "vqa": "vqa_gen",
-    "vqa_gen": "vqa_gen",
-    "entailment": "snli_ve",
-    "visual_entailment": "snli_ve",
-    "snli_ve": "snli_ve",
-    "classify": "image_classify",
-    "classification": "image_classify",
-    "image_classify": "image_classify",
-    "image_gen": "image_gen",
-    "text_to_image": "image_gen",
-    "generation": "image_gen",
-}
-
-# which result key holds the answer of a closed-set task
-ANSWER_KEY: Dict[str, str] = {"vqa_gen": "answer", "snli_ve": "answer", "image_classify": "label"}
 
 TOP_K = 5
 CACHE_SIZE = 2  # models kept loaded (path-loaded checkpoints and passed-in tuples each)
@@ -141,15 +121,19 @@ def load(checkpoint, bpe_dir: Optional[str] = None, ema: bool = False) -> Infere
 
 # ---------------------------------------------------------------------------------------- tasks
 def valid_task_names() -> List[str]:
-    return sorted(set(TASK_ALIASES) | set(TASK_ALIASES.values()))
+    """Every name ``task=`` accepts: the registered tasks and their aliases."""
+    return sorted(set(INFERENCE) | {a for spec in INFERENCE.values() for a in spec.aliases})
 
 
 def canonical_task(name: str) -> str:
     """Registered task name of ``name`` (an alias or a registered name); ``ValueError`` listing the valid ones."""
     key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
-    if key not in TASK_ALIASES:
-        raise ValueError(f"unknown task {name!r}; valid task names: {', '.join(valid_task_names())}")
-    return TASK_ALIASES[key]
+    if key in INFERENCE:
+        return key
+    for task_name, spec in INFERENCE.items():
+        if key in spec.aliases:
+            return task_name
+    raise ValueError(f"unknown task {name!r}; valid task names: {', '.join(valid_task_names())}")
 
 
 def _generator_params() -> set:
@@ -247,23 +231,34 @@ def _need_text(task_name: str, text: Optional[str], what: str) -> str:
     return str(text)
 
 
-def _row(task_name: str, image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
-    """The row the task's dataset reads (targets are placeholders: only the inputs matter here)."""
-    if task_name == "image_gen":  # no image; an empty code column (generation from the caption alone)
-        return {"uniq_id": "0", "code": "", "caption": _need_text(task_name, text, "the caption")}
+def _caption_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
+    return {"uniq_id": "0", "image": image, "caption": "none"}
+
+
+def _refcoco_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
     w, h = size
-    if task_name == "caption":
-        return {"uniq_id": "0", "image": image, "caption": "none"}
-    if task_name == "refcoco":
-        return {"uniq_id": "0", "image": image, "text": _need_text(task_name, text, "the referring expression"),
-                "region_coord": f"0,0,{w},{h}"}
-    if task_name == "vqa_gen":
-        return {"question_id": "0", "image": image, "question": _need_text(task_name, text, "the question"),
-                "answers": "1.0|!+none"}
-    if task_name == "snli_ve":
-        return {"uniq_id": "0", "image": image, "hypothesis": _need_text(task_name, text, "the hypothesis"),
-                "caption": premise or "", "label": "entailment"}
-    return {"image": image, "label_name": "none"}  # image_classify
+    return {"uniq_id": "0", "image": image, "text": _need_text("refcoco", text, "the referring expression"),
+            "region_coord": f"0,0,{w},{h}"}
+
+
+def _vqa_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
+    return {"question_id": "0", "image": image, "question": _need_text("vqa_gen", text, "the question"),
+            "answers": "1.0|!+none"}
+
+
+def _snli_ve_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
+    return {"uniq_id": "0", "image": image, "hypothesis": _need_text("snli_ve", text, "the hypothesis"),
+            "caption": premise or "", "label": "entailment"}
+
+
+def _classify_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
+    return {"image": image, "label_name": "none"}
+
+
+def _image_gen_row(image: Optional[bytes], size: Optional[Tuple[int, int]], text: Optional[str],
+                   premise: Optional[str]):
+    # no image; an empty code column (generation from the caption alone)
+    return {"uniq_id": "0", "code": "", "caption": _need_text("image_gen", text, "the caption")}
 
 
 class _OneRowReader:
@@ -305,9 +300,9 @@ def _to_device(obj, device: torch.device, float_dtype: torch.dtype):
     return obj
 
 
-def _sample(task_name: str, task, row: Dict[str, Any], premise_given: bool, device, float_dtype):
+def _sample(spec: "InferenceSpec", task, row: Dict[str, Any], premise_given: bool, device, float_dtype):
     cfg = dataclasses.replace(task.data_config(), bad_rows="fail", augment=False)
-    if task_name == "snli_ve":
+    if spec.takes_premise:  # the prompt includes the text premise only when one is given
         cfg = dataclasses.replace(cfg, add_caption=premise_given)
     dataset = task.dataset_cls(_OneRowReader(row), task.tokenizer, cfg, split="test")
     batch = dataset.collater([dataset[0]])
@@ -363,7 +358,7 @@ def _predict_closed_set(task_name, task, model, sample, size, gen_over):
     probs = torch.softmax(logprobs, dim=0)
     values, idx = probs.topk(min(TOP_K, len(answers)))
     top = [(answers[i], float(p)) for i, p in zip(idx.tolist(), values.tolist())]
-    return {ANSWER_KEY[task_name]: top[0][0], "score": top[0][1], "top": top}
+    return {INFERENCE[task_name].answer_key: top[0][0], "score": top[0][1], "top": top}
 
 
 def _predict_image_gen(task_name, task, model, sample, size, gen_over):
@@ -391,14 +386,107 @@ def save_pngs(images, out: str) -> List[str]:
     return paths
 
 
-PREDICTORS = {
-    "caption": _predict_caption,
-    "refcoco": _predict_refcoco,
-    "vqa_gen": _predict_closed_set,
-    "snli_ve": _predict_closed_set,
-    "image_classify": _predict_closed_set,
-    "image_gen": _predict_image_gen,
-}
+# ---------------------------------------------------------------------------------------- the registry
+def _caption_lines(r: Dict[str, Any]) -> List[str]:
+    return [f"caption: {r['caption']}", f"score: {r['score']:.4f}"]
+
+
+def _refcoco_lines(r: Dict[str, Any]) -> List[str]:
+    return ["box: " + " ".join(f"{v:.1f}" for v in r["box"]) + "  (x0 y0 x1 y1, pixels)", f"score: {r['score']:.4f}"]
+
+
+def _closed_set_lines(r: Dict[str, Any]) -> List[str]:
+    key = "label" if "label" in r else "answer"
+    return [f"{key}: {r[key]}  (p={r['score']:.4f})"] + [f"  {prob:7.4f}  {answer}" for answer, prob in r["top"]]
+
+
+def _image_gen_lines(r: Dict[str, Any]) -> List[str]:
+    return [f"caption: {r['caption']}", f"score: {r['score']:.4f}"] + [f"image: {p}" for p in r.get("paths", [])]
+
+
+def _caption_text(r: Dict[str, Any]) -> str:
+    return f"{r['caption']} ({r['score']:.3f})"
+
+
+def _refcoco_text(r: Dict[str, Any]) -> str:
+    return "box " + ", ".join(f"{v:.1f}" for v in r["box"]) + f" ({r['score']:.3f})"
+
+
+def _closed_set_text(r: Dict[str, Any]) -> str:
+    key = "label" if "label" in r else "answer"
+    return f"{r[key]} (p={r['score']:.3f})"
+
+
+def _image_gen_text(r: Dict[str, Any]) -> str:
+    return f"image for '{r['caption']}' ({r['score']:.3f})"
+
+
+RowBuilder = Callable[[Optional[bytes], Optional[Tuple[int, int]], Optional[str], Optional[str]], Dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+    """How ``inference_model`` (and ``ofa-predict``) runs one registered fairseq task on one input.
+
+    Attributes:
+        row: ``(image bytes, (w, h), text, premise) -> row``: the dict the task's dataset reads for this
+            input (column name -> value; target columns hold placeholders). ``image`` and the size are
+            ``None`` when ``needs_image`` is False; raise ``ValueError`` when ``text`` is required and missing.
+        predict: ``(task_name, task, model, sample, (w, h), generator_overrides) -> result keys`` (the
+            ``task``/``image_size`` keys are added by ``inference_model``); ``closed_set_predict`` scores
+            every candidate answer of a ``ClosedSetTask`` (``{answer_key, "score", "top"}``).
+        lines: ``result -> lines`` that ``ofa-predict`` prints under its header.
+        text: ``result -> one line`` written on the image by ``--draw`` / ``draw_result``.
+        aliases: other names ``task=`` accepts (lower case, ``_`` for spaces and dashes).
+        needs_image: False for tasks without an input image (``image_gen``).
+        takes_premise: the dataset's ``add_caption`` follows whether ``caption=`` (a premise) was given.
+        answer_key: the result key of a closed-set answer (``answer`` or ``label``).
+    """
+
+    row: RowBuilder
+    predict: Callable[..., Dict[str, Any]]
+    lines: Callable[[Dict[str, Any]], List[str]] = _closed_set_lines
+    text: Callable[[Dict[str, Any]], str] = _closed_set_text
+    aliases: Tuple[str, ...] = ()
+    needs_image: bool = True
+    takes_premise: bool = False
+    answer_key: str = "answer"
+
+
+INFERENCE: Dict[str, InferenceSpec] = {}
+
+
+def register_inference(task_name: str, spec: InferenceSpec) -> InferenceSpec:
+    """Make ``task_name`` (a task registered with fairseq) runnable by ``inference_model`` / ``ofa-predict``.
+
+    A ``--user-dir`` plugin calls this next to its ``@register_task``; e.g. a closed-set task::
+
+        register_inference("object_count", InferenceSpec(row=lambda image, size, text, premise: {...},
+                                                         predict=closed_set_predict))
+
+    Re-registering a name replaces it; an alias already used by another task is a ``ValueError``.
+    """
+    for alias in spec.aliases:
+        owner = canonical_task(alias) if alias in valid_task_names() else None
+        if owner not in (None, task_name):
+            raise ValueError(f"alias {alias!r} of {task_name!r} already names the task {owner!r}")
+    INFERENCE[task_name] = spec
+    return spec
+
+
+closed_set_predict = _predict_closed_set  # for plugins: score every candidate answer, softmax over them
+
+register_inference("caption", InferenceSpec(_caption_row, _predict_caption, _caption_lines, _caption_text,
+                                            aliases=("captioning", "image_caption")))
+register_inference("refcoco", InferenceSpec(_refcoco_row, _predict_refcoco, _refcoco_lines, _refcoco_text,
+                                            aliases=("grounding", "visual_grounding")))
+register_inference("vqa_gen", InferenceSpec(_vqa_row, _predict_closed_set, aliases=("vqa",)))
+register_inference("snli_ve", InferenceSpec(_snli_ve_row, _predict_closed_set, takes_premise=True,
+                                            aliases=("entailment", "visual_entailment")))
+register_inference("image_classify", InferenceSpec(_classify_row, _predict_closed_set, answer_key="label",
+                                                   aliases=("classify", "classification")))
+register_inference("image_gen", InferenceSpec(_image_gen_row, _predict_image_gen, _image_gen_lines, _image_gen_text,
+                                              aliases=("text_to_image", "generation"), needs_image=False))
 
 
 def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Optional[str] = None, text: Optional[str] = None,
@@ -436,6 +524,7 @@ def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Option
             raise ValueError(f"the checkpoint does not say which task it is for: pass task= "
                              f"(one of {', '.join(valid_task_names())})")
     task_name = canonical_task(task)
+    spec = INFERENCE[task_name]
     task_over, gen_over = _split_overrides(task_name, generation_overrides)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = handle.model
@@ -443,17 +532,17 @@ def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Option
     model.eval()
     float_dtype = next(model.parameters()).dtype
     task_obj = _get_task(handle, task_name, task_over)
-    if task_name == "image_gen":
+    if not spec.needs_image:
         raw, size = None, None
     elif image is None:
         raise ValueError(f"task {task_name!r} needs an image")
     else:
         raw, size = _image_bytes(image)
-    row = _row(task_name, raw, size, text, caption)
+    row = spec.row(raw, size, text, caption)
     with torch.no_grad():
-        sample = _sample(task_name, task_obj, row, caption is not None, device, float_dtype)
-        result = PREDICTORS[task_name](task_name, task_obj, model, sample, size, gen_over)
-    if task_name == "image_gen":
+        sample = _sample(spec, task_obj, row, caption is not None, device, float_dtype)
+        result = spec.predict(task_name, task_obj, model, sample, size, gen_over)
+    if not spec.needs_image:
         size = result["images"][0].size
         if out:
             result["paths"] = save_pngs(result["images"], out)
@@ -466,15 +555,8 @@ BOX_COLOR = (0, 255, 0)
 
 def result_text(result: Dict[str, Any]) -> str:
     """One line describing a prediction."""
-    name = result.get("task")
-    if name == "caption":
-        return f"{result['caption']} ({result['score']:.3f})"
-    if name == "refcoco":
-        return "box " + ", ".join(f"{v:.1f}" for v in result["box"]) + f" ({result['score']:.3f})"
-    if name == "image_gen":
-        return f"image for '{result['caption']}' ({result['score']:.3f})"
-    key = ANSWER_KEY.get(name, "answer")
-    return f"{result[key]} (p={result['score']:.3f})"
+    spec = INFERENCE.get(result.get("task"))
+    return spec.text(result) if spec is not None else _closed_set_text(result)
 
 
 def _font(size: int):
@@ -497,7 +579,7 @@ def draw_result(image: ImageInput, result: Dict[str, Any], label: Optional[str] 
     draw = ImageDraw.Draw(img)
     font = _font(max(10, min(w, h) // 24))
     line = max(2, round(min(w, h) / 150))
-    if result.get("task") == "refcoco":
+    if "box" in result:  # grounding (and any task whose result holds a box)
         x0, y0, x1, y1 = result["box"]
         x0, x1 = sorted((x0, x1))
         y0, y1 = sorted((y0, y1))

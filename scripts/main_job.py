@@ -38,6 +38,7 @@ import csv
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -89,16 +90,16 @@ BEAM_EVAL = ["--val-inference-type", "beamsearch"]
 # per task: updates, batch size, peak lr, warmup, validation every N updates, validation rows, and the
 # task / criterion options (generation for validation and test)
 RECIPE: Dict[str, Dict[str, Any]] = {
-    "image_classify": dict(updates=300, batch=32, lr=1e-3, warmup=20, valid_every=150, valid_rows=100,
+    "image_classify": dict(updates=420, batch=32, lr=1e-3, warmup=20, valid_every=210, valid_rows=100,
                            args=["--ans2label-file", "{data}/class_names.txt", "--prompt-type", "prev_output"]),
     "vqa_gen": dict(updates=450, batch=32, lr=1e-3, warmup=25, valid_every=225, valid_rows=100, init="image_classify",
                     args=["--ans2label-file", "{data}/vqa_ans2label.json", "--prompt-type", "prev_output",
                           *BEAM_EVAL]),
-    "refcoco": dict(updates=650, batch=32, lr=1e-3, warmup=25, valid_every=325, valid_rows=100, init="vqa_gen",
+    "refcoco": dict(updates=530, batch=32, lr=1e-3, warmup=25, valid_every=265, valid_rows=100, init="vqa_gen",
                     args=["--eval-beam", "1"], bins_constraint=True),
-    "snli_ve": dict(updates=300, batch=32, lr=1e-3, warmup=25, valid_every=150, valid_rows=100, init="refcoco",
+    "snli_ve": dict(updates=400, batch=32, lr=1e-3, warmup=25, valid_every=200, valid_rows=100, init="refcoco",
                     args=["--prompt-type", "prev_output"]),
-    "caption": dict(updates=300, batch=32, lr=1e-3, warmup=25, valid_every=150, valid_rows=64, init="snli_ve",
+    "caption": dict(updates=200, batch=32, lr=1e-3, warmup=25, valid_every=100, valid_rows=64, init="snli_ve",
                     args=["--eval-beam", "3", "--eval-max-len-b", "20", "--eval-no-repeat-ngram-size", "4"]),
 }
 # caption stage 2: SCST from the stage-1 checkpoint
@@ -238,10 +239,12 @@ def prepare_data(data: Path, num_images: int, image_size: int, seed: int, stages
     """1. the benchmark (skipped when ``data/manifest.json`` matches), 2. its tokenizer; returns the
     tokenizer folder."""
     manifest = data / "manifest.json"
-    want = dict(num_images=num_images, seed=seed, image_size=[image_size, image_size])
+    want = dict(num_images=num_images, seed=seed, image_size=[image_size, image_size],
+                generator_version=runpy.run_path(str(ROOT / "data_utils" / "synth" / "version.py"))["GENERATOR_VERSION"])
     have = json.loads(manifest.read_text()) if manifest.exists() else {}
     if all(have.get(k) == v for k, v in want.items()) and "comp" in have.get("images_per_split", {}):
-        print(f"benchmark: {data} matches ({num_images} images, {image_size} px, seed {seed}); skipped")
+        print(f"benchmark: {data} matches ({num_images} images, {image_size} px, seed {seed}, generator version "
+              f"{want['generator_version']}); skipped")
     else:
         stages.run("synth", [tool("ofa-data"), "synth", str(data), "--num-images", str(num_images), "--image-size",
                              str(image_size), "--seed", str(seed), "--workers", str(min(2, os.cpu_count() or 1))])

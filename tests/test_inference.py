@@ -157,6 +157,22 @@ def test_task_aliases_map_to_registered_tasks(alias, name):
     assert name in TASK_REGISTRY
 
 
+def test_register_inference_refuses_an_alias_another_task_owns():
+    spec = inf.InferenceSpec(row=lambda image, size, text, premise: {}, predict=inf.closed_set_predict,
+                             aliases=("vqa",))
+    with pytest.raises(ValueError, match="alias 'vqa' of 'my_vqa' already names the task 'vqa_gen'"):
+        inf.register_inference("my_vqa", spec)
+    assert "my_vqa" not in inf.INFERENCE and inf.canonical_task("vqa") == "vqa_gen"
+
+
+def test_a_registered_task_and_its_aliases_become_valid_names(monkeypatch):
+    monkeypatch.setattr(inf, "INFERENCE", dict(inf.INFERENCE))  # the registry is restored after the test
+    inf.register_inference("object_size", inf.InferenceSpec(row=lambda image, size, text, premise: {},
+                                                            predict=inf.closed_set_predict, aliases=("size",)))
+    assert inf.canonical_task("Size") == inf.canonical_task("object_size") == "object_size"
+    assert {"object_size", "size"} <= set(inf.valid_task_names())
+
+
 def test_alias_call_gives_the_same_prediction_as_the_registered_name(bench):
     a = inf.inference_model(bench["ckpt"]["refcoco"], bench["image"], task="visual_grounding", text="the square")
     b = inf.inference_model(bench["ckpt"]["refcoco"], bench["image"], task="refcoco", text="the square")

@@ -70,3 +70,26 @@ def test_validation_subset_keeps_the_first_rows(mj, tmp_path):
     src.write_text("".join(f"{k}\tx\n" for k in range(10)))
     mj.write_subset(src, tmp_path / "b.tsv", 3)
     assert (tmp_path / "b.tsv").read_text() == "0\tx\n1\tx\n2\tx\n"
+
+
+def test_a_benchmark_from_an_older_generator_is_regenerated(mj, tmp_path):
+    """A matching manifest skips ``ofa-data synth``; one written by an older generator version does not."""
+    from ofa.data_utils.synth.version import GENERATOR_VERSION
+
+    class Stages:
+        def __init__(self):
+            self.ran = []
+
+        def run(self, name, cmd):
+            self.ran.append(name)
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "spm.model").write_text("x")
+    (tmp_path / "tok" / "dict.txt").write_text("x")
+    for version, expected in ((GENERATOR_VERSION, []), (GENERATOR_VERSION - 1, ["synth", "tokenizer"])):
+        (tmp_path / "manifest.json").write_text(json.dumps({
+            "num_images": 10, "seed": 0, "image_size": [64, 64], "images_per_split": {"comp": 1},
+            "generator_version": version}))
+        stages = Stages()
+        mj.prepare_data(tmp_path, 10, 64, 0, stages)
+        assert stages.ran == expected

@@ -230,6 +230,25 @@ def test_neutral_hypotheses_talk_about_what_an_image_cannot_show(out):
             assert bool(undecidable.search(r["hypothesis"])) == (r["label"] == "neutral"), r["hypothesis"]
 
 
+def test_no_relation_word_gives_the_entailment_label_away():
+    """'A is to the left of B' is true or false by the image alone: every relation word occurs under both
+    labels (the generator once said only 'left of' / 'above' for true and 'right of' / 'below' for false)."""
+    import random
+
+    from ofa.data_utils.synth.language import hypothesis_candidates
+    from ofa.data_utils.synth.scenes import all_combos, sample_scene
+
+    words = ("to the left of", "to the right of", "above", "below")
+    by_word = {w: Counter() for w in words}
+    for i in range(200):
+        scene = sample_scene(np.random.default_rng([SEED, i]), SIZE, SIZE, all_combos())
+        for label, texts in hypothesis_candidates(scene, random.Random(i), absent=[]).items():
+            for w in words:
+                by_word[w][label] += sum(f" is {w} the " in t.text for t in texts)
+    for w, labels in by_word.items():
+        assert 0.4 <= labels["entailment"] / sum(labels.values()) <= 0.6, (w, labels)
+
+
 def test_text_corpus_has_one_lowercase_sentence_per_line(out):
     lines = (out / "text_corpus.txt").read_text().split("\n")
     assert lines[-1] == "" and len(lines) > N
@@ -353,6 +372,9 @@ def test_manifest_counts_every_file_and_records_speed(out):
     with open(out / "manifest.json") as f:
         m = json.load(f)
     assert m["seed"] == SEED and m["num_images"] == N and m["image_size"] == [SIZE, SIZE]
+    from ofa.data_utils.synth.version import GENERATOR_VERSION
+
+    assert m["generator_version"] == GENERATOR_VERSION  # scripts/main_job.py regenerates older benchmarks
     assert sum(m["images_per_split"].values()) == N and m["images_per_split"]["test"] > 0 and m["images_per_split"]["comp"] > 0
     assert m["images_per_second"] > 0 and m["generation_seconds"] > 0
     for name, count in m["files"].items():

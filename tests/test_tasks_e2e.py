@@ -1,8 +1,11 @@
 """Every finetuning task trains a few steps and evaluates on the embedded benchmark (ofa_test, CPU)."""
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,18 @@ def test_a_task_added_through_user_dir_trains_and_evaluates(bench, tmp_path):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["count"] > 0
     records = json.loads((results / "test_predict.json").read_text())
     assert {r["answer"] for r in records} <= {"zero", "one", "two", "three", "four", "five"}
+
+    # ofa-predict runs the plugin task too (its file calls register_inference), in a fresh process
+    first = next(line for line in open(f"{bench}/caption_test.tsv") if line.strip()).rstrip("\n").split("\t")
+    image = tmp_path / "first.png"
+    image.write_bytes(base64.b64decode(first[4]))  # uniq_id, image_id, caption, predicted_objects, image
+    out = subprocess.run([sys.executable, "-m", "ofa.cli.predict", "--checkpoint", str(save / "checkpoint_last.pt"),
+                          "--image", str(image), "--user-dir", str(plugin), "--task", "count", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = next(r["answer"] for r in records if str(r["uniq_id"]) == first[0])
+    assert result["task"] == "object_count" and result["answer"] == expected and 0 < result["score"] <= 1
 
 
 def test_training_with_ema_stores_weights_that_evaluate_with_ema(bench, tmp_path):

@@ -383,12 +383,16 @@ def hypothesis_candidates(scene: Scene, rng: random.Random, absent: Sequence[Com
             pa, pb = ref(k), ref(j)
             if not (pa and pb):
                 continue
-            if left_of(scene, o, q):
-                ent.append(Text(f"the {pa} is to the left of the {pb}", "left", frozenset([k, j])))
-                con.append(Text(f"the {pa} is to the right of the {pb}", "left", frozenset([k, j])))
-            if above(scene, o, q):
-                ent.append(Text(f"the {pa} is above the {pb}", "above", frozenset([k, j])))
-                con.append(Text(f"the {pa} is below the {pb}", "above", frozenset([k, j])))
+            # each relation word must occur under both labels: "A left of B" (true) is said as either
+            # "A is to the left of B" or "B is to the right of A", and its contradiction swaps the word
+            for holds, (word, converse), kind in ((left_of(scene, o, q), ("to the left of", "to the right of"), "left"),
+                                                  (above(scene, o, q), ("above", "below"), "above")):
+                if not holds:
+                    continue
+                first, second, true_word, false_word = (pa, pb, word, converse) if rng.random() < 0.5 \
+                    else (pb, pa, converse, word)
+                ent.append(Text(f"the {first} is {true_word} the {second}", kind, frozenset([k, j])))
+                con.append(Text(f"the {first} is {false_word} the {second}", kind, frozenset([k, j])))
     for c, s in absent:
         con.append(Text(f"there is {article(c)} {c} {s} in the image", "exist", frozenset()))
         ent.append(Text(f"there is no {c} {s} in the image", "exist", frozenset()))

@@ -22,6 +22,7 @@ from .language import corpus_facts
 from .records import TASKS, ImageRecord, SynthConfig, make_record
 from .scenes import LARGE_EXTENT, MIN_VISIBLE, SMALL_EXTENT
 from .splits import SPLITS, check_fractions, choose_held_out
+from .version import GENERATOR_VERSION
 from .vocab import COLOR_NAMES, SHAPES, SIZES, answer_vocabulary, class_names
 
 BOX_CONVENTION = ("x0,y0,x1,y1 in pixels of the image, origin at the top-left corner; tight box of the "
@@ -154,7 +155,7 @@ def generate(out_dir: str, cfg: SynthConfig, num_held_out: int = 4, workers: int
     files.update({"vqa_ans2label.json": len(answers), "trainval_ans2label.pkl": len(answers),
                   "class_names.txt": len(names)})
     manifest = {
-        "generator": "ofa.data_utils.synth",
+        "generator": "ofa.data_utils.synth", "generator_version": GENERATOR_VERSION,
         "seed": cfg.seed, "num_images": cfg.num_images, "images_per_split": images,
         "image_size": [cfg.image_size, cfg.image_size], "image_format": "PNG (base64)",
         "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac, "comp_frac": cfg.comp_frac,

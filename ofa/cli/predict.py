@@ -2,6 +2,7 @@
 
     ofa-predict --checkpoint CKPT --image IMG [--task T] [--text TEXT] [--caption PREMISE]
                 [--bpe-dir D] [--ema] [--device cpu] [--draw OUT.png] [--json] [--set KEY=VALUE ...]
+                [--user-dir PLUGIN]
     ofa-predict --checkpoint CKPT --task image_gen --text CAPTION --vqgan-path VQGAN --out IMG.png
 
 Text-to-image (``image_gen``) takes no ``--image``: ``--text`` is the caption, ``--out`` the PNG to
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", default=None, help="image_gen: PNG file for the generated image")
     p.add_argument("--vqgan-path", default=None, help="image_gen: VQGAN checkpoint (or folder) decoding the codes")
+    p.add_argument("--user-dir", default=None,
+                   help="plugin folder with extra tasks (as for ofa-train); a task runs here once its plugin "
+                        "calls ofa.inference.register_inference")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="generation argument or task option (repeatable)")
     return p
@@ -56,24 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_result(result: Dict[str, Any]) -> str:
     """Human-readable lines for a result of ``ofa.inference_model``."""
+    from ofa.inference import INFERENCE
+
     w, h = result["image_size"]
-    lines = [f"task: {result['task']} (image {w}x{h})"]
-    if result["task"] == "image_gen":
-        lines = [f"task: image_gen (generated {w}x{h})", f"caption: {result['caption']}",
-                 f"score: {result['score']:.4f}"]
-        lines += [f"image: {p}" for p in result.get("paths", [])]
-    elif result["task"] == "caption":
-        lines.append(f"caption: {result['caption']}")
-        lines.append(f"score: {result['score']:.4f}")
-    elif result["task"] == "refcoco":
-        lines.append("box: " + " ".join(f"{v:.1f}" for v in result["box"]) + "  (x0 y0 x1 y1, pixels)")
-        lines.append(f"score: {result['score']:.4f}")
-    else:
-        key = "label" if "label" in result else "answer"
-        lines.append(f"{key}: {result[key]}  (p={result['score']:.4f})")
-        for answer, prob in result["top"]:
-            lines.append(f"  {prob:7.4f}  {answer}")
-    return "\n".join(lines)
+    spec = INFERENCE[result["task"]]
+    what = "image" if spec.needs_image else "generated"
+    return "\n".join([f"task: {result['task']} ({what} {w}x{h})", *spec.lines(result)])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -81,9 +73,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .common import setup
 
     setup()
+    if args.user_dir:  # plugin tasks (and their register_inference) before the checkpoint's task is looked up
+        from fairseq import utils as fairseq_utils
+
+        fairseq_utils.import_user_module(argparse.Namespace(user_dir=args.user_dir))
     from ofa.checkpoint import CheckpointError
     from ofa.hub import HubError
-    from ofa.inference import draw_result, inference_model
+    from ofa.inference import INFERENCE, draw_result, inference_model
 
     try:
         overrides = _parse_sets(args.set)
@@ -94,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = inference_model(args.checkpoint, args.image, task=args.task, text=args.text, bpe_dir=args.bpe_dir,
                                  ema=args.ema, device=args.device, caption=args.caption, **overrides)
         result.pop("images", None)  # PIL images (image_gen): written with --out
-        if args.draw and result["task"] != "image_gen":
+        if args.draw and INFERENCE[result["task"]].needs_image:
             draw_result(args.image, result, label=args.text).save(args.draw)
     except (OSError, ValueError, TypeError, CheckpointError, HubError) as e:
         message = str(e)

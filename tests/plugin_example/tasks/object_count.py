@@ -2,7 +2,8 @@
 
 It reads the official caption TSV layout (the objects are the ``&&``-joined ``predicted_objects``
 column), reuses the caption dataset machinery, answers from a closed set of numbers, and reports
-accuracy. Everything else (batching, generation, training, evaluation) comes from the OFA base task.
+accuracy. Everything else (batching, generation, training, evaluation) comes from the OFA base task;
+``register_inference`` makes it runnable by ``ofa.inference_model`` and ``ofa-predict --user-dir``.
 """
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from fairseq.tasks import register_task
 from ofa.data_utils.datasets import OFADataset
 from ofa.data_utils.errors import DataError
 from ofa.data_utils.transforms import square_resize
+from ofa.inference import InferenceSpec, closed_set_predict, register_inference
 from ofa.tasks.closed_set import ClosedSetConfig, ClosedSetTask
 
 WORDS = ["zero", "one", "two", "three", "four", "five"]
@@ -42,3 +44,9 @@ class ObjectCountTask(ClosedSetTask):
     schema = "caption"
     metric_name = "accuracy"
     default_answers = tuple(WORDS)
+
+
+# one input image -> the row ObjectCountDataset reads (the object list is the target: a placeholder here)
+register_inference("object_count", InferenceSpec(
+    row=lambda image, size, text, premise: {"uniq_id": "0", "image": image, "predicted_objects": ""},
+    predict=closed_set_predict, aliases=("count",)))
