@@ -94,6 +94,25 @@ def test_beam_reordering_of_the_cache_follows_the_new_order(small_dict):
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_cache_follows_a_batch_that_drops_and_reorders_samples(small_dict):
+    """Beam search drops finished samples: every cache (self- and cross-attention keys/values, the source
+    position keys of the cross-attention bias) must then keep the surviving samples' rows, in order."""
+    model = build(small_dict, seed=3)
+    b = batch(small_dict, bsz=3, tgt_len=4, seed=4)  # three different sources and images
+    prev = b["prev_output_tokens"]
+    with torch.no_grad():
+        enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
+        state = {}
+        for t in range(1, 4):
+            model.decoder(prev[:, :t], encoder_out=enc, incremental_state=state)
+        order = torch.tensor([2, 0])  # sample 1 finished; the other two swap places
+        model.decoder.reorder_incremental_state_scripting(state, order)
+        enc_r = model.encoder.reorder_encoder_out(enc, order)
+        step, _ = model.decoder(prev[order], encoder_out=enc_r, incremental_state=state)
+        full, _ = model.decoder(prev[order], encoder_out=enc_r)
+    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_padded_batch_equals_samples_run_alone(small_dict):
     model = build(small_dict)
     d = small_dict

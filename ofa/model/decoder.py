@@ -152,7 +152,7 @@ class OFADecoder(FairseqIncrementalDecoder):
             return t.view(bsz, t.size(1), h, -1).transpose(1, 2)
 
         self_abs = split(self.self_pos_q_linear(pos_q)) * self.pos_scaling @ split(self.self_pos_k_linear(pos)).transpose(2, 3)
-        cross_abs = split(self.cross_pos_q_linear(pos_q)) * self.pos_scaling @ split(self.cross_pos_k_linear(src_pos)).transpose(2, 3)
+        cross_abs = split(self.cross_pos_q_linear(pos_q)) * self.pos_scaling @ self._cross_pos_k(src_pos, incremental_state)
 
         tokens = prev_output_tokens[:, -1:] if incremental else prev_output_tokens
         x = self.embed_scale * self.embed_tokens(tokens)
@@ -182,6 +182,29 @@ class OFADecoder(FairseqIncrementalDecoder):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x, {"attn": [None], "inner_states": inner_states}
+
+    def _cross_pos_k(self, src_pos: Tensor, incremental_state: Optional[State]) -> Tensor:
+        """Keys of the source positions for the cross-attention position bias: ``src_pos [B, S, C]`` ->
+        ``[B, H, C/H, S]`` (transposed for the ``q @ k`` product).
+
+        They depend on the source alone, so incremental decoding computes them at the first step and keeps
+        them in the cache (reordered with it) instead of spending ``S x C^2`` per row at every step
+        (ofa_base, 384 px, beam 5, 20 tokens: 4.07 -> 3.60 s on the 2-core CPU, ``bench/bench_model.py``).
+        """
+        saved = self.get_incremental_state(incremental_state, "cross_pos_k") if incremental_state is not None else None
+        if saved is not None:
+            return saved["k"]
+        b, s, _ = src_pos.shape
+        k = self.cross_pos_k_linear(src_pos).view(b, s, self.num_heads, -1).permute(0, 2, 3, 1)
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "cross_pos_k", {"k": k})
+        return k
+
+    def reorder_incremental_state(self, incremental_state: State, new_order: Tensor):
+        """Reorder the cached source-position keys with the beams (the attention caches reorder themselves)."""
+        saved = self.get_incremental_state(incremental_state, "cross_pos_k")
+        if saved is not None:
+            self.set_incremental_state(incremental_state, "cross_pos_k", {"k": saved["k"].index_select(0, new_order)})
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)
