@@ -73,44 +73,36 @@ def test_incremental_decoding_equals_full_sequence_decoding(small_dict):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
+def assert_cache_follows(model, b, order: torch.Tensor, cached_steps: int = 3):
+    """Decode ``cached_steps`` tokens incrementally, reorder every cache by ``order`` (as beam search does),
+    then the next cached step must equal decoding the reordered prefixes in full."""
+    prev = b["prev_output_tokens"]
+    with torch.no_grad():
+        enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
+        state = {}
+        for t in range(1, cached_steps + 1):
+            model.decoder(prev[:, :t], encoder_out=enc, incremental_state=state)
+        model.decoder.reorder_incremental_state_scripting(state, order)
+        enc_r = model.encoder.reorder_encoder_out(enc, order)
+        step, _ = model.decoder(prev[order, :cached_steps + 1], encoder_out=enc_r, incremental_state=state)
+        full, _ = model.decoder(prev[order, :cached_steps + 1], encoder_out=enc_r)
+    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_beam_reordering_of_the_cache_follows_the_new_order(small_dict):
-    model = build(small_dict)
     b = batch(small_dict, tgt_len=4)
     # two beams of one sample: same source and image, different prefixes (the cross-attention
     # cache is shared by a sample's beams, so only the self-attention cache needs reordering)
     for key in ("src_tokens", "patch_images"):
         b[key][1] = b[key][0]
-    prev = b["prev_output_tokens"]
-    with torch.no_grad():
-        enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
-        state = {}
-        for t in range(1, 4):
-            model.decoder(prev[:, :t], encoder_out=enc, incremental_state=state)
-        order = torch.tensor([1, 0])
-        model.decoder.reorder_incremental_state_scripting(state, order)
-        enc_r = model.encoder.reorder_encoder_out(enc, order)
-        step, _ = model.decoder(prev[order], encoder_out=enc_r, incremental_state=state)
-        full, _ = model.decoder(prev[order], encoder_out=enc_r)
-    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+    assert_cache_follows(build(small_dict), b, torch.tensor([1, 0]))
 
 
 def test_cache_follows_a_batch_that_drops_and_reorders_samples(small_dict):
     """Beam search drops finished samples: every cache (self- and cross-attention keys/values, the source
     position keys of the cross-attention bias) must then keep the surviving samples' rows, in order."""
-    model = build(small_dict, seed=3)
     b = batch(small_dict, bsz=3, tgt_len=4, seed=4)  # three different sources and images
-    prev = b["prev_output_tokens"]
-    with torch.no_grad():
-        enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
-        state = {}
-        for t in range(1, 4):
-            model.decoder(prev[:, :t], encoder_out=enc, incremental_state=state)
-        order = torch.tensor([2, 0])  # sample 1 finished; the other two swap places
-        model.decoder.reorder_incremental_state_scripting(state, order)
-        enc_r = model.encoder.reorder_encoder_out(enc, order)
-        step, _ = model.decoder(prev[order], encoder_out=enc_r, incremental_state=state)
-        full, _ = model.decoder(prev[order], encoder_out=enc_r)
-    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+    assert_cache_follows(build(small_dict, seed=3), b, torch.tensor([2, 0]))  # sample 1 finished, 0 and 2 swap
 
 
 def test_padded_batch_equals_samples_run_alone(small_dict):
