@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Optional
 
 import torch
 
@@ -27,6 +28,17 @@ def setup() -> None:
     _make_checkpoint_copies_atomic()
     _ema_copies_integer_buffers()
     _progress_log_file_once()
+
+
+def import_user_dir(user_dir: Optional[str]) -> None:
+    """Import a ``--user-dir`` plugin (fairseq's ``import_user_module``), so that its tasks (and their
+    ``register_inference``) exist before a checkpoint's task name is looked up; nothing when ``None``."""
+    if user_dir:
+        import argparse
+
+        from fairseq import utils as fairseq_utils
+
+        fairseq_utils.import_user_module(argparse.Namespace(user_dir=user_dir))
 
 
 def _progress_log_file_once() -> None:

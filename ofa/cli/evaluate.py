@@ -23,7 +23,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .common import setup
+from .common import import_user_dir, setup
 
 logger = logging.getLogger("ofa.evaluate")
 
@@ -127,10 +127,7 @@ def main(argv=None) -> int:
     pre.add_argument("--ema", action="store_true")
     pre.add_argument("--user-dir")
     known, _ = pre.parse_known_args(argv)
-    if known.user_dir:  # plugin tasks must be registered before the checkpoint's task is looked up
-        from fairseq import utils as fairseq_utils
-
-        fairseq_utils.import_user_module(argparse.Namespace(user_dir=known.user_dir))
+    import_user_dir(known.user_dir)  # plugin tasks must be registered before the checkpoint's task is looked up
     path = known.path
     try:
         from ofa.hub import resolve_checkpoint

@@ -70,13 +70,10 @@ def format_result(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .common import setup
+    from .common import import_user_dir, setup
 
     setup()
-    if args.user_dir:  # plugin tasks (and their register_inference) before the checkpoint's task is looked up
-        from fairseq import utils as fairseq_utils
-
-        fairseq_utils.import_user_module(argparse.Namespace(user_dir=args.user_dir))
+    import_user_dir(args.user_dir)
     from ofa.checkpoint import CheckpointError
     from ofa.hub import HubError
     from ofa.inference import INFERENCE, draw_result, inference_model
