@@ -89,15 +89,19 @@ class OFADecoder(FairseqIncrementalDecoder):
         normed = _per_sample(code_masks, lambda: self.image_pos_ln(raw), lambda: self.pos_ln(raw))
         return raw, normed
 
-    def _rel_bias(self, idx: int, tgt_len: int, code_masks: Optional[Tensor]) -> Tensor:
-        """Relative self-attention bias ``[B or 1, H, Lt, Lt]`` for layer ``idx``."""
+    def _rel_bias(self, idx: int, tgt_len: int, code_masks: Optional[Tensor], q_len: Optional[int] = None) -> Tensor:
+        """Relative self-attention bias ``[B or 1, H, q_len, Lt]`` for layer ``idx``: the rows of the last
+        ``q_len`` query positions (default all ``Lt``; incremental decoding needs only the newest row, and
+        building all ``Lt x Lt`` at every step made each step quadratic in the length)."""
+        first = tgt_len - (tgt_len if q_len is None else q_len)
+
         def text():
-            buckets = self.token_rp_bucket[:tgt_len, :tgt_len]
+            buckets = self.token_rp_bucket[first:tgt_len, :tgt_len]
             return self.token_rel_pos_table_list[idx].weight[buckets].permute(2, 0, 1)[None]
 
         def image():
             ids = self.image_position_idx[:tgt_len]
-            buckets = self.image_rp_bucket[ids[:, None], ids[None, :]]
+            buckets = self.image_rp_bucket[ids[first:, None], ids[None, :]]
             return self.image_rel_pos_table_list[idx].weight[buckets].permute(2, 0, 1)[None]
 
         return _per_sample(code_masks, image, text)
@@ -151,7 +155,7 @@ class OFADecoder(FairseqIncrementalDecoder):
         def split(t: Tensor) -> Tensor:
             return t.view(bsz, t.size(1), h, -1).transpose(1, 2)
 
-        self_abs = split(self.self_pos_q_linear(pos_q)) * self.pos_scaling @ split(self.self_pos_k_linear(pos)).transpose(2, 3)
+        self_abs = split(self.self_pos_q_linear(pos_q)) * self.pos_scaling @ self._self_pos_k(pos, incremental_state)
         cross_abs = split(self.cross_pos_q_linear(pos_q)) * self.pos_scaling @ self._cross_pos_k(src_pos, incremental_state)
 
         tokens = prev_output_tokens[:, -1:] if incremental else prev_output_tokens
@@ -176,12 +180,33 @@ class OFADecoder(FairseqIncrementalDecoder):
 
         inner_states = [x]
         for idx, layer in enumerate(self.layers):
-            self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks)[:, :, -q_len:, :]
+            self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks, q_len)
             x = layer(x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, incremental_state)
             inner_states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x, {"attn": [None], "inner_states": inner_states}
+
+    def _pos_keys(self, linear: nn.Linear, pos: Tensor) -> Tensor:
+        """Position embeddings ``[B, L, C]`` -> per-head keys ``[B, H, C/H, L]`` (transposed for ``q @ k``)."""
+        b, length, _ = pos.shape
+        return linear(pos).view(b, length, self.num_heads, -1).permute(0, 2, 3, 1)
+
+    def _self_pos_k(self, pos: Tensor, incremental_state: Optional[State]) -> Tensor:
+        """Keys of the target positions for the self-attention position bias, ``[B, H, C/H, t]``.
+
+        Incremental decoding keeps the keys of the earlier positions in the cache and adds only the new
+        one's (recomputing all ``t`` cost ``t x C^2`` per row and step: quadratic in the length, which
+        matters for the 1,024 codes of an image).
+        """
+        saved = self.get_incremental_state(incremental_state, "self_pos_k") if incremental_state is not None else None
+        if saved is not None and saved["k"].size(-1) == pos.size(1) - 1:
+            k = torch.cat([saved["k"], self._pos_keys(self.self_pos_k_linear, pos[:, -1:])], dim=-1)
+        else:
+            k = self._pos_keys(self.self_pos_k_linear, pos)
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "self_pos_k", {"k": k})
+        return k
 
     def _cross_pos_k(self, src_pos: Tensor, incremental_state: Optional[State]) -> Tensor:
         """Keys of the source positions for the cross-attention position bias: ``src_pos [B, S, C]`` ->
@@ -194,17 +219,17 @@ class OFADecoder(FairseqIncrementalDecoder):
         saved = self.get_incremental_state(incremental_state, "cross_pos_k") if incremental_state is not None else None
         if saved is not None:
             return saved["k"]
-        b, s, _ = src_pos.shape
-        k = self.cross_pos_k_linear(src_pos).view(b, s, self.num_heads, -1).permute(0, 2, 3, 1)
+        k = self._pos_keys(self.cross_pos_k_linear, src_pos)
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "cross_pos_k", {"k": k})
         return k
 
     def reorder_incremental_state(self, incremental_state: State, new_order: Tensor):
-        """Reorder the cached source-position keys with the beams (the attention caches reorder themselves)."""
-        saved = self.get_incremental_state(incremental_state, "cross_pos_k")
-        if saved is not None:
-            self.set_incremental_state(incremental_state, "cross_pos_k", {"k": saved["k"].index_select(0, new_order)})
+        """Reorder the cached position keys with the beams (the attention caches reorder themselves)."""
+        for name in ("self_pos_k", "cross_pos_k"):
+            saved = self.get_incremental_state(incremental_state, name)
+            if saved is not None:
+                self.set_incremental_state(incremental_state, name, {"k": saved["k"].index_select(0, new_order)})
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)
