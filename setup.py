@@ -28,8 +28,9 @@ setup(
         "pillow>=9.0",
         "safetensors>=0.4",
         "pyyaml>=5.4",  # VQGAN yaml configs
+        "nltk>=3.8",  # Porter stemmer of the official Gigaword ROUGE
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "rouge-score>=0.1.2"]},  # ROUGE parity test
     entry_points={
         "console_scripts": [
             "ofa-tokenizer=ofa.tokenizer:main",

@@ -1,7 +1,7 @@
 """ROUGE-1/2/L (ofa/metrics/rouge.py) on hand-computed cases."""
 import pytest
 
-from ofa.metrics.rouge import corpus_rouge, lcs_length, rouge_l, rouge_n, rouge_scores, tokenize
+from ofa.metrics.rouge import corpus_rouge, lcs_length, rouge_l, rouge_n, rouge_scores, stemmed_tokenize, tokenize
 
 
 def f1(p, r):
@@ -12,6 +12,32 @@ def test_tokenize_lowercases_and_splits_on_punctuation():
     assert tokenize("U.S. wins, 2-1!") == ["u", "s", "wins", "2", "1"]
     assert tokenize("police kill # gunmen") == ["police", "kill", "gunmen"]  # Gigaword's '#' digits vanish
     assert tokenize("  ") == []
+    assert tokenize("café noël") == ["caf", "no", "l"]  # like rouge_score: only a-z0-9 make tokens
+
+
+def test_stemming_matches_inflections_of_words_longer_than_three_letters():
+    assert stemmed_tokenize("Police killed the gunmen running") == ["polic", "kill", "the", "gunmen", "run"]
+    assert stemmed_tokenize("was has") == ["was", "has"]  # 3 letters or fewer stay as they are
+    ref = "police killed the gunman"
+    assert rouge_scores("police kill the gunman", ref)["rouge1"].fmeasure == 1.0     # the default: stemmed
+    assert rouge_scores("police kill the gunman", ref, tokenize=tokenize)["rouge1"].fmeasure == pytest.approx(3 / 4)
+
+
+def test_sentence_scores_equal_the_rouge_score_package():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")  # in the [test] extras
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    pairs = [("police killed the gunman in a shootout", "Police kill gunmen after shooting"),
+             ("u.s. stocks rise ## points on earnings", "US stocks rose 12 points, earnings beat"),
+             ("the cats are running faster than dogs", "a cat runs fast and the dog is running"),
+             ("", "nothing here"), ("identical text here", "identical text here"),
+             ("général motors recalls cars", "general motors recall of cars")]
+    for hyp, ref in pairs:
+        want = scorer.score(ref, hyp)
+        got = rouge_scores(hyp, ref)
+        for key in ("rouge1", "rouge2", "rougeL"):
+            assert got[key].precision == pytest.approx(want[key].precision), (hyp, key)
+            assert got[key].recall == pytest.approx(want[key].recall), (hyp, key)
+            assert got[key].fmeasure == pytest.approx(want[key].fmeasure), (hyp, key)
 
 
 def test_same_length_sentences():
@@ -26,7 +52,7 @@ def test_same_length_sentences():
 
 def test_word_order_changes_rouge_l_and_2_not_1():
     ref = "police killed the gunman"
-    a, b = rouge_scores("police kill the gunman", ref), rouge_scores("the gunman kill police", ref)
+    a, b = (rouge_scores(h, ref, tokenize=tokenize) for h in ("police kill the gunman", "the gunman kill police"))
     assert a["rouge1"].fmeasure == b["rouge1"].fmeasure == pytest.approx(3 / 4)
     assert a["rouge2"].fmeasure == b["rouge2"].fmeasure == pytest.approx(1 / 3)  # only "the gunman"
     assert a["rougeL"].fmeasure == pytest.approx(3 / 4)  # police .. the gunman
