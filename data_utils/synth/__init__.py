@@ -10,7 +10,8 @@ Boxes everywhere are ``x0,y0,x1,y1`` in pixels of the image, origin top-left, th
 object's visible pixels (columns x0..x1-1, rows y0..y1-1).
 
 Modules: ``vocab`` (closed vocabulary), ``scenes`` (rendering), ``language`` (texts), ``splits``
-(compositional split), ``records`` (one image -> rows), ``writer`` (files, manifest), ``cli`` (``main``).
+(compositional split), ``records`` (one image -> rows), ``writer`` (files, manifest), ``cli`` (``main``),
+``breakdown`` (an evaluation's scores per question / hypothesis kind and expression form).
 """
 from .cli import main
 from .records import SynthConfig, make_record

@@ -1,0 +1,130 @@
+"""Per-kind scores of an evaluation on the embedded benchmark: which kinds of question, hypothesis or
+referring expression a model gets right.
+
+A single number hides why a target is missed: an entailment accuracy of 0.70 may be "every neutral
+hypothesis right, every image-dependent one at chance". The generator records, per image in
+``scenes_{split}.jsonl``, the kind of every VQA question and entailment hypothesis it wrote
+(``about.vqa`` / ``about.snli_ve``: ``[row id, kind, objects]``); referring expressions are grouped by
+the description form, read from the text (which attributes it names: size, colour, shape; and whether
+it picks the extreme one, "on the left", "at the top", ...).
+
+Per-row scores come from ``ofa-evaluate``'s ``{split}_predict.json`` and the split's TSV:
+
+- VQA: the official confidence-weighted score of the answer (``conf|!+answer`` pairs, column 4);
+- entailment: 1 when the yes / no / maybe answer matches the label (last column);
+- grounding: 1 when the predicted box has IoU >= 0.5 with the reference box (column 4,
+  ``x0,y0,x1,y1`` in original-image pixels, the box convention of ``scenes.py``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from .vocab import COLOR_NAMES, SHAPES, SIZES
+
+TSV_NAME = {"vqa_gen": "vqa", "snli_ve": "snli_ve", "refcoco": "refcoco"}  # benchmark file per task
+SNLI_ANSWER = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}
+_WHERE_RE = re.compile(r" (on the (left|right)|at the (top|bottom))$")
+
+
+def expression_form(text: str) -> str:
+    """The description form of a referring expression: the attributes it names, in the generator's order
+    (size, colour, shape; ``object`` when no shape), plus ``+where`` for the extreme-position forms.
+
+    ``"the small red circle on the left"`` -> ``"size+color+shape+where"``; ``"the red object"`` -> ``"color"``.
+    """
+    words = text.split()
+    attrs = [name for name, vocab in (("size", SIZES), ("color", COLOR_NAMES), ("shape", SHAPES))
+             if any(w in vocab for w in words)]
+    return "+".join(attrs or ["none"]) + ("+where" if _WHERE_RE.search(text) else "")
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``x0,y0,x1,y1`` boxes (0 when either is empty)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _tsv_rows(path: Path) -> Iterable[List[str]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line.rstrip("\n").split("\t")
+
+
+def _predictions(path: Path, id_key: str) -> Dict[str, dict]:
+    return {str(r[id_key]): r for r in json.loads(Path(path).read_text())}
+
+
+def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[float, str]]:
+    """``row id -> (score in [0, 1], text)`` for the rows that have a prediction.
+
+    Args:
+        task: ``vqa_gen``, ``snli_ve`` or ``refcoco``.
+        predict_json: ``ofa-evaluate``'s ``{split}_predict.json``.
+        tsv: the evaluated split in the benchmark's layout (``{vqa,snli_ve,refcoco}_{split}.tsv``).
+    """
+    out: Dict[str, Tuple[float, str]] = {}
+    if task == "vqa_gen":
+        pred = _predictions(predict_json, "question_id")
+        for f in _tsv_rows(tsv):
+            if f[0] in pred:
+                refs = {a.split("|!+", 1)[1]: float(a.split("|!+", 1)[0]) for a in f[3].split("&&")}
+                out[f[0]] = (refs.get(pred[f[0]]["answer"], 0.0), f[2])
+    elif task == "snli_ve":
+        pred = _predictions(predict_json, "uniq_id")
+        for f in _tsv_rows(tsv):
+            if f[0] in pred:
+                out[f[0]] = (float(pred[f[0]]["answer"] == SNLI_ANSWER[f[-1]]), f[3])
+    elif task == "refcoco":
+        pred = _predictions(predict_json, "uniq_id")
+        for f in _tsv_rows(tsv):
+            if f[0] in pred:
+                ref = [float(v) for v in f[3].split(",")]
+                out[f[0]] = (float(box_iou(pred[f[0]]["box"], ref) >= 0.5), f[2])
+    else:
+        raise ValueError(f"no per-kind breakdown for task {task!r}; tasks: vqa_gen, snli_ve, refcoco")
+    return out
+
+
+def row_kinds(task: str, scenes_jsonl: Path) -> Dict[str, str]:
+    """``row id -> kind`` recorded by the generator (VQA question type, entailment hypothesis type)."""
+    key = {"vqa_gen": "vqa", "snli_ve": "snli_ve"}[task]
+    kinds = {}
+    with open(scenes_jsonl, encoding="utf-8") as f:
+        for line in f:
+            for row_id, kind, _objs in json.loads(line).get("about", {}).get(key, []):
+                kinds[str(row_id)] = kind
+    return kinds
+
+
+def per_kind(scores: Dict[str, Tuple[float, str]], kind_of) -> Dict[str, Dict[str, float]]:
+    """Group per-row scores: ``kind -> {"n": rows, "score": mean}``, kinds sorted by row count.
+
+    Args:
+        kind_of: ``(row id, text) -> kind``.
+    """
+    groups: Dict[str, List[float]] = defaultdict(list)
+    for row_id, (score, text) in scores.items():
+        groups[kind_of(row_id, text)].append(score)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return {k: {"n": len(v), "score": round(sum(v) / len(v), 4)} for k, v in ordered}
+
+
+def breakdown(task: str, predict_json: Path, data_dir: Path, split: str) -> Dict[str, Dict[str, float]]:
+    """Per-kind scores of one evaluated split of the benchmark in ``data_dir`` (see the module docstring)."""
+    if task not in TSV_NAME:
+        raise ValueError(f"no per-kind breakdown for task {task!r}; tasks: {', '.join(TSV_NAME)}")
+    data_dir = Path(data_dir)
+    tsv = data_dir / f"{TSV_NAME[task]}_{split}.tsv"
+    scores = row_scores(task, Path(predict_json), tsv)
+    if task == "refcoco":
+        return per_kind(scores, lambda _id, text: expression_form(text))
+    kinds = row_kinds(task, data_dir / f"scenes_{split}.jsonl")
+    return per_kind(scores, lambda row_id, _text: kinds.get(row_id, "unknown"))

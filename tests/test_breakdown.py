@@ -1,0 +1,93 @@
+"""Per-kind scores on the embedded benchmark (data_utils/synth/breakdown.py), as the main job prints them."""
+import json
+
+import pytest
+
+from ofa.data_utils.synth import main as synth_main
+from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, box_iou, breakdown, expression_form, per_kind,
+                                            row_kinds)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert synth_main([str(out), "--num-images", "40", "--seed", "3", "--image-size", "64"]) == 0
+    return out
+
+
+def _rows(path):
+    return [line.rstrip("\n").split("\t") for line in open(path, encoding="utf-8") if line.strip()]
+
+
+def _write(path, records):
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.mark.parametrize("text, form", [
+    ("the small red circle on the left", "size+color+shape+where"),
+    ("the red object", "color"),
+    ("the large star", "size+shape"),
+    ("the blue diamond at the bottom", "color+shape+where"),
+    ("the yellow square", "color+shape"),
+])
+def test_expression_form_names_the_attributes_and_the_extreme_position(text, form):
+    assert expression_form(text) == form
+
+
+def test_box_iou_matches_hand_computed_values():
+    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+    assert box_iou([0, 0, 10, 10], [10, 10, 20, 20]) == 0.0
+    assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
+
+
+def test_per_kind_groups_and_averages_sorted_by_row_count():
+    scores = {"1": (1.0, "a"), "2": (0.0, "a"), "3": (1.0, "b"), "4": (0.5, "a")}
+    got = per_kind(scores, lambda _id, text: text)
+    assert list(got) == ["a", "b"]
+    assert got["a"] == {"n": 3, "score": 0.5} and got["b"] == {"n": 1, "score": 1.0}
+
+
+def test_vqa_breakdown_uses_the_recorded_kinds_and_the_confidence_weighted_score(bench, tmp_path):
+    rows = _rows(bench / "vqa_test.tsv")
+    kinds = row_kinds("vqa_gen", bench / "scenes_test.jsonl")
+    assert {r[0] for r in rows} <= set(kinds)
+    best = [max(r[3].split("&&"), key=lambda a: float(a.split("|!+")[0])).split("|!+")[1] for r in rows]
+    pred = _write(tmp_path / "right.json", [{"question_id": r[0], "answer": a} for r, a in zip(rows, best)])
+    got = breakdown("vqa_gen", pred, bench, "test")
+    assert sum(v["n"] for v in got.values()) == len(rows)
+    assert set(got) == {kinds[r[0]] for r in rows}
+    assert all(v["score"] == 1.0 for v in got.values())
+    wrong = _write(tmp_path / "wrong.json", [{"question_id": r[0], "answer": "no such answer"} for r in rows])
+    assert all(v["score"] == 0.0 for v in breakdown("vqa_gen", wrong, bench, "test").values())
+
+
+def test_entailment_breakdown_scores_the_label_per_hypothesis_kind(bench, tmp_path):
+    rows = _rows(bench / "snli_ve_test.tsv")
+    kinds = row_kinds("snli_ve", bench / "scenes_test.jsonl")
+    # answer "yes" everywhere: each kind scores the fraction of its rows labelled entailment
+    pred = _write(tmp_path / "yes.json", [{"uniq_id": r[0], "answer": "yes"} for r in rows])
+    got = breakdown("snli_ve", pred, bench, "test")
+    for kind, v in got.items():
+        mine = [r for r in rows if kinds[r[0]] == kind]
+        assert v["n"] == len(mine)
+        assert v["score"] == pytest.approx(sum(SNLI_ANSWER[r[-1]] == "yes" for r in mine) / len(mine), abs=1e-4)
+
+
+def test_grounding_breakdown_counts_iou_at_one_half_per_expression_form(bench, tmp_path):
+    rows = _rows(bench / "refcoco_test.tsv")
+    boxes = [[float(v) for v in r[3].split(",")] for r in rows]
+    # the reference box for even rows, a box shifted by its whole width for odd rows (IoU 0)
+    pred = [{"uniq_id": r[0], "box": b if k % 2 == 0 else [b[2], b[1], 2 * b[2] - b[0], b[3]]}
+            for k, (r, b) in enumerate(zip(rows, boxes))]
+    got = breakdown("refcoco", _write(tmp_path / "p.json", pred), bench, "test")
+    assert sum(v["n"] for v in got.values()) == len(rows)
+    assert set(got) == {expression_form(r[2]) for r in rows}
+    total = sum(v["score"] * v["n"] for v in got.values())
+    assert total == pytest.approx((len(rows) + 1) // 2, abs=1e-2)
+
+
+def test_unknown_task_is_refused(bench, tmp_path):
+    with pytest.raises(ValueError, match="caption"):
+        breakdown("caption", tmp_path / "x.json", bench, "test")
