@@ -93,3 +93,14 @@ def test_a_benchmark_from_an_older_generator_is_regenerated(mj, tmp_path):
         stages = Stages()
         mj.prepare_data(tmp_path, 10, 64, 0, stages)
         assert stages.ran == expected
+
+
+def test_scst_training_file_joins_every_caption_of_an_image(mj, tmp_path):
+    src = tmp_path / "caption_train.tsv"
+    src.write_text("0\t0\ta red circle\tred circle\tIMG0\n1\t0\ta circle\tred circle\tIMG0\n"
+                   "10\t1\ta blue star\tblue star\tIMG1\n2\t0\tone red shape\tred circle\tIMG0\n")
+    assert mj.write_caption_refs(src, tmp_path / "refs.tsv") == 2
+    rows = [line.split("\t") for line in (tmp_path / "refs.tsv").read_text().splitlines()]
+    # official stage-2 layout: keyed by image id, all references joined by "&&", image column kept
+    assert rows == [["0", "0", "a red circle&&a circle&&one red shape", "red circle", "IMG0"],
+                    ["1", "1", "a blue star", "blue star", "IMG1"]]

@@ -78,7 +78,16 @@ TASK_ARGS=(
     --eval-beam 5 --eval-max-len-b 16 --eval-no-repeat-ngram-size 3
 )
 if [[ "$SMOKE" == 1 ]]; then
-    DATA="$DEMO_DIR/caption_train.tsv,$DEMO_DIR/caption_valid.tsv"
+    # the official stage-2 layout from the demo's stage-1 rows: one row per image, its captions joined by &&
+    STAGE2_TRAIN=$DEMO_DIR/caption_stage2_train.tsv
+    if [[ "$DRY_RUN" != 1 && ! -s "$STAGE2_TRAIN" ]]; then
+        ofa_demo_data
+        awk -F'\t' -v OFS='\t' '{ if ($2 in cap) cap[$2] = cap[$2] "&&" $3;
+                                   else { ids[++n] = $2; cap[$2] = $3; lab[$2] = $4; img[$2] = $5 } }
+             END { for (i = 1; i <= n; i++) { k = ids[i]; print k, k, cap[k], lab[k], img[k] } }' \
+            "$DEMO_DIR/caption_train.tsv" > "$STAGE2_TRAIN.tmp" && mv "$STAGE2_TRAIN.tmp" "$STAGE2_TRAIN"
+    fi
+    DATA="$STAGE2_TRAIN,$DEMO_DIR/caption_valid.tsv"
     SMOKE_RESTORE=$SMOKE_DIR/caption_stage1/checkpoint_best.pt
     if [[ ! -f "$SMOKE_RESTORE" ]]; then
         ofa_log "no stage-1 demo checkpoint ($SMOKE_RESTORE): the SCST demo starts from scratch"
