@@ -29,7 +29,7 @@ from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data_utils.synth.breakdown import breakdown  # noqa: E402  (light: no torch)
+from data_utils.synth.breakdown import breakdown  # noqa: E402
 
 CONTROL_TEXT = "the biggest object"
 SPLITS = ("train", "valid", "test")

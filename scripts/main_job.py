@@ -51,7 +51,7 @@ from typing import Any, Dict, List, Optional, Tuple
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data_utils.synth.breakdown import TSV_NAME, breakdown  # noqa: E402  (light: no torch)
+from data_utils.synth.breakdown import TSV_NAME, breakdown  # noqa: E402  (imports torch only when called)
 
 # ----------------------------------------------------------------------------------------- the recipe
 # The model: OFA's layout (pre-LN encoder-decoder, shared embeddings, relative position biases) at a

@@ -4,8 +4,7 @@ import json
 import pytest
 
 from ofa.data_utils.synth import main as synth_main
-from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, box_iou, breakdown, expression_form, per_kind,
-                                            row_kinds)
+from ofa.data_utils.synth.breakdown import SNLI_ANSWER, breakdown, expression_form, per_kind, row_kinds
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +32,6 @@ def _write(path, records):
 ])
 def test_expression_form_names_the_attributes_and_the_extreme_position(text, form):
     assert expression_form(text) == form
-
-
-def test_box_iou_matches_hand_computed_values():
-    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
-    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
-    assert box_iou([0, 0, 10, 10], [10, 10, 20, 20]) == 0.0
-    assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
 
 
 def test_per_kind_groups_and_averages_sorted_by_row_count():

@@ -1,22 +1,16 @@
 """The grounding control (``scripts/grounding_control.py``): its "biggest object" split boxes the scene's
 main object of every image once, and the coordinate errors compare against the mean training box."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from ofa.data_utils.synth import main as synth_main
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("grounding_control", ROOT / "scripts" / "grounding_control.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("grounding_control")
 
 
 def _rows(path):

@@ -3,21 +3,15 @@ fairseq's JSON log, the location-token id range and the small validation subsets
 run by hand (README), not here: it takes about 15 minutes."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def mj():
-    spec = importlib.util.spec_from_file_location("main_job", ROOT / "scripts" / "main_job.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("main_job")
 
 
 def test_every_task_has_a_target_a_file_and_an_init_that_runs_before_it(mj):

@@ -12,8 +12,8 @@ Per-row scores come from ``ofa-evaluate``'s ``{split}_predict.json`` and the spl
 
 - VQA: the official confidence-weighted score of the answer (``conf|!+answer`` pairs, column 4);
 - entailment: 1 when the yes / no / maybe answer matches the label (last column);
-- grounding: 1 when the predicted box has IoU >= 0.5 with the reference box (column 4,
-  ``x0,y0,x1,y1`` in original-image pixels, the box convention of ``scenes.py``).
+- grounding: 1 when the predicted box hits the reference box by the official Acc@0.5 rule
+  (``boxes.grounding_hits``; column 4, ``x0,y0,x1,y1`` in original-image pixels, as ``scenes.py`` writes).
 """
 from __future__ import annotations
 
@@ -40,15 +40,6 @@ def expression_form(text: str) -> str:
     attrs = [name for name, vocab in (("size", SIZES), ("color", COLOR_NAMES), ("shape", SHAPES))
              if any(w in vocab for w in words)]
     return "+".join(attrs or ["none"]) + ("+where" if _WHERE_RE.search(text) else "")
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two ``x0,y0,x1,y1`` boxes (0 when either is empty)."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _tsv_rows(path: Path) -> Iterable[List[str]]:
@@ -83,11 +74,16 @@ def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[floa
             if f[0] in pred:
                 out[f[0]] = (float(pred[f[0]]["answer"] == SNLI_ANSWER[f[-1]]), f[3])
     elif task == "refcoco":
+        import torch
+
+        from ..boxes import grounding_hits  # the official Acc@0.5 rule, as ofa-evaluate scores it
+
         pred = _predictions(predict_json, "uniq_id")
-        for f in _tsv_rows(tsv):
-            if f[0] in pred:
-                ref = [float(v) for v in f[3].split(",")]
-                out[f[0]] = (float(box_iou(pred[f[0]]["box"], ref) >= 0.5), f[2])
+        rows = [f for f in _tsv_rows(tsv) if f[0] in pred]
+        if rows:
+            hits = grounding_hits(torch.tensor([pred[f[0]]["box"] for f in rows], dtype=torch.float64),
+                                  torch.tensor([[float(v) for v in f[3].split(",")] for f in rows], dtype=torch.float64))
+            out = {f[0]: (float(h), f[2]) for f, h in zip(rows, hits.tolist())}
     else:
         raise ValueError(f"no per-kind breakdown for task {task!r}; tasks: vqa_gen, snli_ve, refcoco")
     return out
