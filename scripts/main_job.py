@@ -107,8 +107,8 @@ RECIPE: Dict[str, Dict[str, Any]] = {
                     args=["--eval-beam", "3", "--eval-max-len-b", "20", "--eval-no-repeat-ngram-size", "4"]),
 }
 # caption stage 2: SCST from the stage-1 checkpoint, as the official stage 2: one row per image with all its
-# references (``write_caption_refs``; the CIDEr-D reward against one reference per row made SCST lower test
-# CIDEr-D in two of four runs), the lr decaying linearly to 0 (README, "What the main job reaches")
+# references (``write_caption_refs``; with one reference per row SCST's gains were small, and negative in
+# two of seven runs), the lr decaying linearly to 0 (README, "What the main job reaches")
 SCST = dict(updates=80, batch=16, lr=5e-5, end_lr=0.0, valid_every=40,
             args=["--scst-beam", "4", "--scst-max-len-b", "20", "--scst-no-repeat-ngram-size", "4"])
 COMMON = ["--cpu", "--optimizer", "adam", "--adam-betas", "(0.9,0.999)", "--adam-eps", "1e-8",
