@@ -7,6 +7,7 @@
     ofa-data convert SOURCE --out FILE.tsv [...]              COCO / RefCOCO / VQA / ImageNet folder / SNLI-VE
     ofa-data validate FILE [FILE ...] --task T                report every bad row and field
     ofa-data hdf5 SRC DST [--schema S]                        TSV <-> HDF5, lossless
+    ofa-data cider-df CAPTIONS.tsv --out WORDS.p              CIDEr-D document frequencies for SCST
 """
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def _convert(argv) -> int:
     return main(argv) or 0
 
 
+def _cider_df(argv) -> int:
+    from .cider_df import main
+
+    return main(argv)
+
+
 def _validate(argv) -> int:
     from .validate import main
 
@@ -64,7 +71,8 @@ def _validate(argv) -> int:
 
 
 COMMANDS = {"synth": _synth, "synth-text": _synth_text, "synth-pretrain": _synth_pretrain,
-            "synth-image-gen": _synth_image_gen, "convert": _convert, "validate": _validate, "hdf5": _hdf5}
+            "synth-image-gen": _synth_image_gen, "convert": _convert, "validate": _validate, "hdf5": _hdf5,
+            "cider-df": _cider_df}
 
 
 def main(argv=None) -> int:

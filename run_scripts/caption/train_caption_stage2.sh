@@ -12,7 +12,8 @@
 #                                                     joined by "&&" (the CIDEr reward's references)
 #   $DATA_DIR/caption_data/caption_val.tsv            validation (best checkpoint by CIDEr-D)
 #   $DATA_DIR/caption_data/cider_cached_tokens/coco-train-words.p   optional: document frequencies of the
-#                                                     reward (without it: the references of each batch)
+#                                                     reward (without it: the references of each batch;
+#                                                     for other data: ofa-data cider-df TRAIN.tsv --out F.p)
 #   Or DATA=train.tsv[,train2.tsv,...],valid.tsv.
 #   Official TSV, tab-separated, no header, 5 columns:
 #     0 uniq-id | 1 image-id | 2 references joined by "&&" | 3 predicted object labels (unused) |

@@ -1,0 +1,68 @@
+"""``ofa-data cider-df``: the CIDEr-D document frequencies of a caption split, in the layout of the official
+``cider_cached_tokens/coco-train-words.p`` that ``--scst-cider-cached-tokens`` reads.
+
+Without that file the SCST reward takes document frequencies from each batch's references (a few dozen
+images); the official stage 2 uses the frequencies of the whole training split. For COCO the official
+release ships the pickle; for any other caption data this command writes it:
+
+    ofa-data cider-df caption_stage2_train.tsv --out cider_cached_tokens/train-words.p
+
+A document is one image: every reference of the image id (column 1 by default), from rows that hold one
+caption each (stage-1 layout) or ``&&``-joined references (stage-2 layout). References are normalised as
+the reward normalises them (punctuation removed, `` <eos>`` appended), so the n-grams match.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections import OrderedDict
+from typing import Dict, List, Sequence
+
+from .errors import DataError
+
+
+def references_by_image(paths: Sequence[str], image_col: int = 1, caption_col: int = 2) -> Dict[str, List[str]]:
+    """``image id -> its references`` over caption TSVs (``&&`` splits joined references)."""
+    refs: Dict[str, List[str]] = OrderedDict()
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for row, line in enumerate(f):
+                if not line.strip():
+                    continue
+                cols = line.rstrip("\n").split("\t")
+                if max(image_col, caption_col) >= len(cols):
+                    raise DataError(f"{len(cols)} columns; the image id is column {image_col} and the captions "
+                                    f"column {caption_col}", path=path, row=row, field="columns")
+                captions = [c for c in cols[caption_col].split("&&") if c.strip()]
+                if not captions:
+                    raise DataError("no caption", path=path, row=row, field=f"column {caption_col}")
+                refs.setdefault(cols[image_col], []).extend(captions)
+    return refs
+
+
+def main(argv=None) -> int:
+    from ofa.criterions.scst_reward_criterion import normalize_for_reward
+    from ofa.metrics.cider import build_document_frequency, save_document_frequency
+
+    p = argparse.ArgumentParser(prog="ofa-data cider-df", description=__doc__.split("\n\n")[0])
+    p.add_argument("tsv", nargs="+", help="caption TSV file(s) of the training split")
+    p.add_argument("--out", required=True, help="pickle to write (official coco-*-words.p layout)")
+    p.add_argument("--image-col", type=int, default=1, help="column of the image id (default 1)")
+    p.add_argument("--caption-col", type=int, default=2, help="column of the caption(s) (default 2)")
+    args = p.parse_args(argv)
+    refs = references_by_image(args.tsv, args.image_col, args.caption_col)
+    df, ref_len = build_document_frequency([[normalize_for_reward(r) for r in rs] for rs in refs.values()])
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".cider-df-")
+    os.close(fd)
+    try:
+        save_document_frequency(tmp, df, ref_len)
+        os.replace(tmp, args.out)  # a half-written pickle never replaces a good one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"wrote {args.out}: {int(ref_len)} images, {sum(len(r) for r in refs.values())} references, "
+          f"{len(df)} n-grams")
+    return 0
