@@ -109,7 +109,9 @@ RECIPE: Dict[str, Dict[str, Any]] = {
 # caption stage 2: SCST from the stage-1 checkpoint, as the official stage 2: one row per image with all its
 # references (``write_caption_refs``; with one reference per row SCST's gains were small, and negative in
 # two of seven runs), the lr decaying linearly to 0 (README, "What the main job reaches")
-SCST = dict(updates=80, batch=16, lr=5e-5, end_lr=0.0, valid_every=40,
+# the reward's document frequencies come from the whole training split (``ofa-data cider-df``), as the
+# official ``coco-train-words.p``; per batch they gave 1.647 / 1.592, corpus-wide 1.643 / 1.673 (one checkpoint)
+SCST = dict(updates=80, batch=16, lr=5e-5, end_lr=0.0, cider_df=True, valid_every=40,
             args=["--scst-beam", "4", "--scst-max-len-b", "20", "--scst-no-repeat-ngram-size", "4"])
 COMMON = ["--cpu", "--optimizer", "adam", "--adam-betas", "(0.9,0.999)", "--adam-eps", "1e-8",
           "--weight-decay", "0.01", "--clip-norm", "1.0", "--lr-scheduler", "polynomial_decay",
@@ -419,6 +421,10 @@ def main(argv=None) -> int:
             valid = out / "caption" / f"caption_{args.curve_split}_small.tsv"
             train = tdir / "caption_train_refs.tsv"
             write_caption_refs(data / "caption_train.tsv", train)
+            df_args = []
+            if r.get("cider_df"):  # the reward's document frequencies over the whole training split
+                stages.run("cider_df", [tool("ofa-data"), "cider-df", str(train), "--out", str(tdir / "train-words.p")])
+                df_args = ["--scst-cider-cached-tokens", str(tdir / "train-words.p")]
             cmd = [tool("ofa-train"), f"{train},{valid}", "--task", "caption", "--bpe-dir", str(tok),
                    *model_args, *COMMON, "--criterion", "scst_reward_criterion", "--scst",
                    "--restore-file", results["caption"]["checkpoint"], "--reset-optimizer", "--reset-dataloader",
@@ -431,7 +437,7 @@ def main(argv=None) -> int:
                    "--validate-interval-updates", str(r["valid_every"]),
                    "--save-dir", str(tdir / "ckpt"), "--log-file", str(log_file),
                    "--best-checkpoint-metric", "cider", "--maximize-best-checkpoint-metric",
-                   "--no-save-optimizer-state",
+                   "--no-save-optimizer-state", *df_args,
                    *[a.format(data=data) for a in RECIPE["caption"]["args"]], *r.get("args", [])]
             stages.run("train_caption_scst", cmd)
         curves["caption_scst"] = curves_from_log(log_file, "cider")
