@@ -14,8 +14,6 @@ the reward normalises them (punctuation removed, `` <eos>`` appended), so the n-
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
@@ -43,6 +41,7 @@ def references_by_image(paths: Sequence[str], image_col: int = 1, caption_col: i
 
 def main(argv=None) -> int:
     from ofa.criterions.scst_reward_criterion import normalize_for_reward
+    from ofa.io_utils import atomic_output
     from ofa.metrics.cider import build_document_frequency, save_document_frequency
 
     p = argparse.ArgumentParser(prog="ofa-data cider-df", description=__doc__.split("\n\n")[0])
@@ -53,16 +52,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     refs = references_by_image(args.tsv, args.image_col, args.caption_col)
     df, ref_len = build_document_frequency([[normalize_for_reward(r) for r in rs] for rs in refs.values()])
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".cider-df-")
-    os.close(fd)
-    try:
+    with atomic_output(args.out) as tmp:  # a half-written pickle never replaces a good one
         save_document_frequency(tmp, df, ref_len)
-        os.replace(tmp, args.out)  # a half-written pickle never replaces a good one
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"wrote {args.out}: {int(ref_len)} images, {sum(len(r) for r in refs.values())} references, "
           f"{len(df)} n-grams")
     return 0
