@@ -51,7 +51,7 @@ from typing import Any, Dict, List, Optional, Tuple
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data_utils.synth.breakdown import TSV_NAME, breakdown  # noqa: E402  (imports torch only when called)
+from data_utils.synth.breakdown import TSV_NAME, breakdown, grounding_anatomy  # noqa: E402  (torch only when called)
 
 # ----------------------------------------------------------------------------------------- the recipe
 # The model: OFA's layout (pre-LN encoder-decoder, shared embeddings, relative position biases) at a
@@ -454,6 +454,10 @@ def main(argv=None) -> int:
             res[split] = json.loads((rdir / "test_metrics.json").read_text())
             if task in TSV_NAME and (data / f"scenes_{split}.jsonl").exists():
                 res[split]["by_kind"] = breakdown(task, rdir / "test_predict.json", data, split)
+                if task == "refcoco":
+                    res[split]["anatomy"] = grounding_anatomy(rdir / "test_predict.json",
+                                                              data / f"{FILES[task]}_{split}.tsv",
+                                                              data / f"scenes_{split}.jsonl")
 
     # report
     total = time.perf_counter() - t_start
@@ -492,6 +496,11 @@ def main(argv=None) -> int:
         print("\ntest score by kind (generator's question / hypothesis kinds; expression forms; rows in brackets):")
         for key, kinds in by_kind.items():
             print(f"  {key:14s} " + ", ".join(f"{k} {v['score']:.2f} ({v['n']})" for k, v in kinds.items()))
+    anatomy = results.get("refcoco", {}).get("test", {}).get("anatomy")
+    if anatomy:
+        print("\ngrounding boxes on test by the referred object's size (hit / another object / no object of the scene):")
+        for group, a in anatomy.items():
+            print(f"  {group:6s} ({a['n']:4d})  {a['hit']:.2f} / {a['other']:.2f} / {a['none']:.2f}")
     if "caption" in results and "caption_scst" in results:
         a, b = results["caption"]["test"], results["caption_scst"]["test"]
         print(f"\nSCST: test CIDEr-D ('cider') {a.get('cider')} -> {b.get('cider')}; "

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from ofa.data_utils.synth import main as synth_main
-from ofa.data_utils.synth.breakdown import SNLI_ANSWER, breakdown, expression_form, per_kind, row_kinds
+from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, breakdown, expression_form, grounding_anatomy, per_kind,
+                                            row_kinds)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,39 @@ def test_grounding_breakdown_counts_iou_at_one_half_per_expression_form(bench, t
     assert set(got) == {expression_form(r[2]) for r in rows}
     total = sum(v["score"] * v["n"] for v in got.values())
     assert total == pytest.approx((len(rows) + 1) // 2, abs=1e-2)
+
+
+def test_grounding_anatomy_tells_the_right_object_another_object_and_no_object_apart(bench, tmp_path):
+    rows = _rows(bench / "refcoco_test.tsv")
+    scenes = {str(s["image_id"]): s for s in map(json.loads, open(bench / "scenes_test.jsonl"))}
+
+    def target(r):
+        return next(o for o in scenes[r[1]]["objects"] if ",".join(map(str, o["box"])) == r[3])
+
+    # row k % 3: 0 the referred object's box, 1 another object's box, 2 a box in the image corner
+    # (1 x 1 px: no object is that small), so each kind is a third of the rows
+    pred = []
+    for k, r in enumerate(rows):
+        other = next(o for o in scenes[r[1]]["objects"] if o is not target(r))
+        pred.append({"uniq_id": r[0], "box": [target(r)["box"], other["box"], [0, 0, 1, 1]][k % 3]})
+    got = grounding_anatomy(_write(tmp_path / "p.json", pred), bench / "refcoco_test.tsv", bench / "scenes_test.jsonl")
+    n = len(rows)
+    assert got["all"]["n"] == n
+    assert got["all"]["hit"] == pytest.approx(sum(k % 3 == 0 for k in range(n)) / n, abs=1e-4)
+    # another object's box may also hit the referred one when the two overlap a lot: then it is a hit
+    assert got["all"]["hit"] + got["all"]["other"] == pytest.approx(sum(k % 3 < 2 for k in range(n)) / n, abs=1e-4)
+    assert got["all"]["none"] == pytest.approx(sum(k % 3 == 2 for k in range(n)) / n, abs=1e-4)
+    by_size = {g: sum(target(r)["size"] == g for r in rows) for g in ("small", "large")}
+    assert {g: got[g]["n"] for g in by_size if by_size[g]} == {g: c for g, c in by_size.items() if c}
+
+
+def test_grounding_anatomy_names_a_row_whose_box_is_no_object(bench, tmp_path):
+    r = _rows(bench / "refcoco_test.tsv")[0]
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("\t".join([r[0], r[1], r[2], "0,0,3,3", r[4]]) + "\n")
+    pred = _write(tmp_path / "p.json", [{"uniq_id": r[0], "box": [0, 0, 3, 3]}])
+    with pytest.raises(ValueError, match=f"row {r[0]}: box 0,0,3,3 is no object of image {r[1]}"):
+        grounding_anatomy(pred, tsv, bench / "scenes_test.jsonl")
 
 
 def test_unknown_task_is_refused(bench, tmp_path):

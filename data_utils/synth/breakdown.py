@@ -42,7 +42,8 @@ def expression_form(text: str) -> str:
     return "+".join(attrs or ["none"]) + ("+where" if _WHERE_RE.search(text) else "")
 
 
-def _tsv_rows(path: Path) -> Iterable[List[str]]:
+def tsv_rows(path: Path) -> Iterable[List[str]]:
+    """The tab-separated fields of every non-blank line of a benchmark TSV."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
@@ -64,13 +65,13 @@ def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[floa
     out: Dict[str, Tuple[float, str]] = {}
     if task == "vqa_gen":
         pred = _predictions(predict_json, "question_id")
-        for f in _tsv_rows(tsv):
+        for f in tsv_rows(tsv):
             if f[0] in pred:
                 refs = {a.split("|!+", 1)[1]: float(a.split("|!+", 1)[0]) for a in f[3].split("&&")}
                 out[f[0]] = (refs.get(pred[f[0]]["answer"], 0.0), f[2])
     elif task == "snli_ve":
         pred = _predictions(predict_json, "uniq_id")
-        for f in _tsv_rows(tsv):
+        for f in tsv_rows(tsv):
             if f[0] in pred:
                 out[f[0]] = (float(pred[f[0]]["answer"] == SNLI_ANSWER[f[-1]]), f[3])
     elif task == "refcoco":
@@ -79,7 +80,7 @@ def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[floa
         from ..boxes import grounding_hits  # the official Acc@0.5 rule, as ofa-evaluate scores it
 
         pred = _predictions(predict_json, "uniq_id")
-        rows = [f for f in _tsv_rows(tsv) if f[0] in pred]
+        rows = [f for f in tsv_rows(tsv) if f[0] in pred]
         if rows:
             hits = grounding_hits(torch.tensor([pred[f[0]]["box"] for f in rows], dtype=torch.float64),
                                   torch.tensor([[float(v) for v in f[3].split(",")] for f in rows], dtype=torch.float64))
@@ -124,3 +125,42 @@ def breakdown(task: str, predict_json: Path, data_dir: Path, split: str) -> Dict
         return per_kind(scores, lambda _id, text: expression_form(text))
     kinds = row_kinds(task, data_dir / f"scenes_{split}.jsonl")
     return per_kind(scores, lambda row_id, _text: kinds.get(row_id, "unknown"))
+
+
+def grounding_anatomy(predict_json: Path, tsv: Path, scenes_jsonl: Path) -> Dict[str, Dict[str, float]]:
+    """What each predicted box is, by the size of the object the row refers to (``small`` / ``large``, as
+    the generator drew it) and over ``all`` rows: ``hit`` (Acc@0.5 on the referred object), ``other`` (no
+    hit, but Acc@0.5 on another object of the scene: the wrong choice) or ``none`` (no object of the
+    scene: a box between objects, such as an average of several). Fractions of ``n`` rows.
+
+    The referred object is the scene object whose box equals the row's box (column 4, ``x0,y0,x1,y1``
+    pixels, as ``scenes.py`` writes both); a row whose box is no object of its image raises ValueError.
+    """
+    import torch
+
+    from ..boxes import grounding_hits
+
+    scenes = {}
+    with open(scenes_jsonl, encoding="utf-8") as f:
+        for line in f:
+            s = json.loads(line)
+            scenes[str(s["image_id"])] = s
+    pred = _predictions(predict_json, "uniq_id")
+    counts: Dict[str, Dict[str, int]] = {}
+    for row_id, image_id, _text, box, *_ in tsv_rows(tsv):
+        if row_id not in pred:
+            continue
+        objs = scenes[image_id]["objects"]
+        gold = [float(v) for v in box.split(",")]
+        target = [k for k, o in enumerate(objs) if [float(v) for v in o["box"]] == gold]
+        if not target:
+            raise ValueError(f"{tsv}: row {row_id}: box {box} is no object of image {image_id} in {scenes_jsonl}")
+        hits = grounding_hits(torch.tensor([pred[row_id]["box"]] * len(objs), dtype=torch.float64),
+                              torch.tensor([o["box"] for o in objs], dtype=torch.float64)).tolist()
+        kind = "hit" if hits[target[0]] else ("other" if any(hits) else "none")
+        for group in (objs[target[0]]["size"], "all"):
+            c = counts.setdefault(group, {"n": 0, "hit": 0, "other": 0, "none": 0})
+            c["n"] += 1
+            c[kind] += 1
+    return {g: {"n": c["n"], **{k: round(c[k] / c["n"], 4) for k in ("hit", "other", "none")}}
+            for g, c in sorted(counts.items())}
