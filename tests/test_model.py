@@ -234,3 +234,61 @@ def test_relative_position_buckets_follow_the_official_formula():
     assert img[0, 0] == 6891 and img[0, 5] == 6889 and img[5, 0] == 6890
     # cell (0,0) -> id 1, cell (1,2) -> id 45: query (1,2) minus key (0,0) = (1,2)
     assert img[45, 1] == (1 + 41) * 83 + (2 + 41)
+
+
+def test_a_prompt_decoded_in_one_call_then_step_by_step_equals_full_decoding(small_dict):
+    """The generator's prompt prefill: an empty cache given 4 positions computes them all (causally) and
+    keeps them; the next calls add one position each, as fairseq's generators call the decoder."""
+    model = build(small_dict, seed=5)
+    b = batch(small_dict, tgt_len=7, seed=5)
+    prev = b["prev_output_tokens"]
+    with torch.no_grad():
+        full, _ = model(**b)
+        enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
+        state = {}
+        first, _ = model.decoder(prev[:, :4], encoder_out=enc, incremental_state=state)
+        assert first.shape[1] == 4
+        steps = [first] + [model.decoder(prev[:, :t], encoder_out=enc, incremental_state=state)[0] for t in (5, 6, 7)]
+        with pytest.raises(ValueError, match="already holds 7 positions"):
+            model.decoder(prev[:, :7], encoder_out=enc, incremental_state=state)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_trie_constrained_beam_search_with_prompts_prefills_them_and_equals_stepwise_decoding(small_dict):
+    """Closed-set beam search after a forced decoder prompt (VQA / entailment with prev_output): the prompt
+    positions every sample forces are decoded in one call; hypotheses and scores equal decoding without a
+    cache (every step recomputed), for prompts of different lengths and samples finishing apart."""
+    from ofa.generate import SequenceGenerator, Trie
+
+    d = small_dict
+    model = build(d, seed=6)
+    b = batch(d, bsz=3, src_len=8, seed=6)
+    trie = Trie(d.eos())
+    for answer in ([10], [11, 12], [13], [11, 14, 15], [16, 12]):
+        trie.insert([d.bos(), *answer, d.eos()])
+    prefix = torch.full((3, 6), d.pad())
+    for row, length in enumerate((4, 6, 5)):
+        prefix[row, :length] = torch.randint(20, 40, (length,), generator=torch.Generator().manual_seed(row))
+    sample = {"net_input": {k: v for k, v in b.items() if k != "prev_output_tokens"}}
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+    try:
+        got = {}
+        for use_cache in (True, False):
+            calls.clear()
+            gen = SequenceGenerator([model], d, beam_size=3, max_len_b=12, constraint_trie=trie,
+                                    normalize_scores=False, use_cache=use_cache)
+            got[use_cache] = gen.generate([model], sample, prefix_tokens=prefix)
+            if use_cache:
+                assert calls[0] == 4  # BOS + the first 3 prompt tokens at once: the shortest prompt is 4
+    finally:
+        hook.remove()
+    for cached, plain in zip(got[True], got[False]):
+        assert len(cached) == len(plain) == 3
+        for h, r in zip(cached, plain):
+            assert h["tokens"].tolist() == r["tokens"].tolist()
+            torch.testing.assert_close(h["positional_scores"], r["positional_scores"], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h["score"], r["score"], atol=1e-5, rtol=1e-5)
+    for row, hyps in enumerate(got[True]):  # every hypothesis: the row's prompt, then an answer of the trie
+        n = int(prefix[row].ne(d.pad()).sum())
+        assert all(h["tokens"][:n].tolist() == prefix[row, :n].tolist() for h in hyps)

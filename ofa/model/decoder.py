@@ -6,8 +6,10 @@ samples (``code_masks[b]`` True, image generation / infilling) use the code grid
 ``code_layernorm_embedding``. A batch may mix both kinds.
 
 Position biases are computed from the full prefix ``prev_output_tokens`` even when decoding
-incrementally (as the official decoder does); only the last query row is then used. The
-cross-attention bias is absolute only: ``cross_pos_q_linear(LN(tgt_pos)) cross_pos_k_linear(P_enc)^T``.
+incrementally (as the official decoder does); only the query rows of the positions not yet in the
+cache are then used: one per step of beam search, or a whole forced prompt at once when the cache is
+empty (the generator's prompt prefill). The cross-attention bias is absolute only:
+``cross_pos_q_linear(LN(tgt_pos)) cross_pos_k_linear(P_enc)^T``.
 """
 from __future__ import annotations
 
@@ -122,10 +124,12 @@ class OFADecoder(FairseqIncrementalDecoder):
                 decoding incrementally).
             code_masks: bool ``[B]``, True for image-code samples.
             encoder_out: the encoder's output dict.
-            incremental_state: fairseq cache dict; when given, only the last position is computed.
+            incremental_state: fairseq cache dict; when given, only the positions not yet in the cache
+                are computed (the last one when the cache holds ``Lt - 1``, as fairseq's generators
+                call it; all ``Lt`` when it is empty) and added to it.
 
         Returns:
-            ``(logits [B, Lt or 1, V], {"attn": [None], "inner_states": [...]})``.
+            ``(logits [B, Lt or new positions, V], {"attn": [None], "inner_states": [...]})``.
         """
         x, extra = self.extract_features(prev_output_tokens, code_masks, encoder_out, incremental_state)
         if not features_only:
@@ -148,20 +152,24 @@ class OFADecoder(FairseqIncrementalDecoder):
         src_pos = encoder_out["position_embeddings"][0]
 
         incremental = incremental_state is not None
-        pos_q = pos[:, -1:] if incremental else pos
+        cached = self._cached_len(incremental_state) if incremental else 0
+        if cached >= tgt_len:
+            raise ValueError(f"the decoder cache already holds {cached} positions; prev_output_tokens has {tgt_len}")
+        pos_q = pos[:, cached:]
         q_len = pos_q.size(1)
         h = self.num_heads
 
         def split(t: Tensor) -> Tensor:
             return t.view(bsz, t.size(1), h, -1).transpose(1, 2)
 
-        self_abs = split(self.self_pos_q_linear(pos_q)) * self.pos_scaling @ self._self_pos_k(pos, incremental_state)
+        self_abs = split(self.self_pos_q_linear(pos_q)) * self.pos_scaling @ self._self_pos_k(pos, cached,
+                                                                                             incremental_state)
         cross_abs = split(self.cross_pos_q_linear(pos_q)) * self.pos_scaling @ self._cross_pos_k(src_pos, incremental_state)
 
-        tokens = prev_output_tokens[:, -1:] if incremental else prev_output_tokens
+        tokens = prev_output_tokens[:, cached:]
         x = self.embed_scale * self.embed_tokens(tokens)
         if not self.cfg.disable_entangle:  # official quirk: raw positions are added unless disabled
-            x = x + (raw_pos[:, -1:] if incremental else raw_pos)
+            x = x + raw_pos[:, cached:]
         if self.layernorm_embedding is not None:
             code_ln = self.code_layernorm_embedding
             if code_ln is None:
@@ -175,8 +183,8 @@ class OFADecoder(FairseqIncrementalDecoder):
         if not incremental and tokens.eq(self.padding_idx).any():
             self_padding = tokens.eq(self.padding_idx)
         causal = None
-        if not incremental:
-            causal = torch.triu(torch.full((tgt_len, tgt_len), float("-inf"), device=device), 1).to(x.dtype)
+        if q_len > 1:  # query row i is position cached + i: it sees keys 0 .. cached + i
+            causal = torch.triu(torch.full((q_len, tgt_len), float("-inf"), device=device), cached + 1).to(x.dtype)
 
         inner_states = [x]
         for idx, layer in enumerate(self.layers):
@@ -192,16 +200,21 @@ class OFADecoder(FairseqIncrementalDecoder):
         b, length, _ = pos.shape
         return linear(pos).view(b, length, self.num_heads, -1).permute(0, 2, 3, 1)
 
-    def _self_pos_k(self, pos: Tensor, incremental_state: Optional[State]) -> Tensor:
+    def _cached_len(self, incremental_state: State) -> int:
+        """Target positions the cache already holds (0 before the first call)."""
+        saved = self.get_incremental_state(incremental_state, "self_pos_k")
+        return 0 if saved is None else int(saved["k"].size(-1))
+
+    def _self_pos_k(self, pos: Tensor, cached: int, incremental_state: Optional[State]) -> Tensor:
         """Keys of the target positions for the self-attention position bias, ``[B, H, C/H, t]``.
 
-        Incremental decoding keeps the keys of the earlier positions in the cache and adds only the new
-        one's (recomputing all ``t`` cost ``t x C^2`` per row and step: quadratic in the length, which
-        matters for the 1,024 codes of an image).
+        Incremental decoding keeps the keys of the ``cached`` earlier positions in the cache and adds only
+        the new ones' (recomputing all ``t`` cost ``t x C^2`` per row and step: quadratic in the length,
+        which matters for the 1,024 codes of an image).
         """
-        saved = self.get_incremental_state(incremental_state, "self_pos_k") if incremental_state is not None else None
-        if saved is not None and saved["k"].size(-1) == pos.size(1) - 1:
-            k = torch.cat([saved["k"], self._pos_keys(self.self_pos_k_linear, pos[:, -1:])], dim=-1)
+        if cached:
+            saved = self.get_incremental_state(incremental_state, "self_pos_k")
+            k = torch.cat([saved["k"], self._pos_keys(self.self_pos_k_linear, pos[:, cached:])], dim=-1)
         else:
             k = self._pos_keys(self.self_pos_k_linear, pos)
         if incremental_state is not None:
