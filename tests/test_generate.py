@@ -646,3 +646,20 @@ def test_sampling_with_topk_1_equals_greedy_decoding():
     assert len(sampled[0]) == 2
     for h in sampled[0]:
         check_hyp(h, [W2, W4, EOS], pos, sum(pos) / 3)
+
+
+def test_trie_with_fewer_answers_than_beams_keeps_every_answer_and_stops_when_they_are_finished():
+    # two answers (w1 / w2 w3) and beam 4: both hypotheses come out with their scores, and the search
+    # stops after the longer answer's eos instead of stepping on to max_len (30) for four hypotheses
+    trie = Trie(EOS)
+    trie.insert([BOS, W1, EOS])
+    trie.insert([BOS, W2, W3, EOS])
+    trie.insert([BOS, W1, EOS])  # a repeated answer is one sequence
+    assert trie.num_sequences == 2
+    script = Script({(): {W1: 0.3, W2: 0.6}, (W1,): {EOS: 0.5}, (W2,): {W3: 0.4}, (W2, W3): {EOS: 0.8}})
+    hypos, model = run(script, beam_size=4, constraint_trie=trie, normalize_scores=False, max_len_b=30)
+    # renormalised over the trie's choices: w1 .3/.9, w2 .6/.9, then w3 and eos are the only children
+    first, second = hypos[0]
+    check_hyp(first, [W2, W3, EOS], [ln(0.6 / 0.9), 0.0, 0.0], ln(0.6 / 0.9))
+    check_hyp(second, [W1, EOS], [ln(0.3 / 0.9), 0.0], ln(0.3 / 0.9))
+    assert len(model.decoder.calls) == 3

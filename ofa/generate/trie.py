@@ -26,6 +26,7 @@ class Trie:
         self.eos = eos
         self._children: List[Dict[int, int]] = [{}]  # node id -> {token: child id}; node 0 is the root
         self._tables: Dict[torch.device, "CompiledTrie"] = {}
+        self.num_sequences = 0  # distinct complete sequences (paths ending with an eos edge)
 
     def insert(self, tokens: Iterable[int]) -> None:
         node = 0
@@ -36,6 +37,7 @@ class Trie:
                 nxt = len(self._children)
                 self._children[node][tok] = nxt
                 self._children.append({})
+                self.num_sequences += tok == self.eos
             node = nxt
         self._tables.clear()
 
