@@ -292,3 +292,24 @@ def test_trie_constrained_beam_search_with_prompts_prefills_them_and_equals_step
     for row, hyps in enumerate(got[True]):  # every hypothesis: the row's prompt, then an answer of the trie
         n = int(prefix[row].ne(d.pad()).sum())
         assert all(h["tokens"][:n].tolist() == prefix[row, :n].tolist() for h in hyps)
+
+
+def test_dummy_images_stay_out_of_the_backbone_and_its_batchnorm_statistics(small_dict):
+    """A text-only sample's dummy image is masked anyway; in a batch with real images it is not run through
+    the ResNet, so training-mode BatchNorm statistics come from the real images alone (and eval outputs
+    are unchanged: test_padded_batch_equals_samples_run_alone)."""
+    b = batch(small_dict, bsz=3, seed=7)
+    b["patch_masks"] = torch.tensor([True, False, True])
+    b["patch_images"][1] = 0.0
+    real = {k: (v[[0, 2]] if torch.is_tensor(v) and v.dim() and v.size(0) == 3 else v) for k, v in b.items()}
+
+    def running_stats(inputs):
+        model = build(small_dict, seed=8).train()
+        with torch.no_grad():
+            model(**inputs)
+        return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+
+    mixed, alone = running_stats(b), running_stats(real)
+    assert mixed.keys() == alone.keys() and mixed
+    for k in mixed:
+        torch.testing.assert_close(mixed[k], alone[k], atol=1e-6, rtol=1e-5, msg=k)

@@ -11,7 +11,8 @@ object's visible pixels (columns x0..x1-1, rows y0..y1-1).
 
 Modules: ``vocab`` (closed vocabulary), ``scenes`` (rendering), ``language`` (texts), ``splits``
 (compositional split), ``records`` (one image -> rows), ``writer`` (files, manifest), ``cli`` (``main``),
-``breakdown`` (an evaluation's scores per question / hypothesis kind and expression form).
+``breakdown`` (an evaluation's scores per question / hypothesis kind and expression form; what each
+grounding box hits).
 """
 from .cli import main
 from .records import SynthConfig, make_record

@@ -7,7 +7,10 @@ Sequence layout is ``[image patches ; text tokens]`` (image first). Attention lo
   image<->text blocks get only the absolute bias.
 
 Samples without an image (``patch_masks`` False) still carry a dummy image whose patches are all
-key-padded and zeroed.
+key-padded and zeroed. In a batch that also holds real images the dummies do not go through the
+backbone (their features are zeros): the outputs are the same, but in training they no longer enter
+the ResNet's BatchNorm batch statistics (the official code runs them; half of a pretraining ``v2``
+batch without image infilling is text, so half of those statistics came from blank images).
 """
 from __future__ import annotations
 
@@ -71,17 +74,26 @@ class OFAEncoder(FairseqEncoder):
         self.register_buffer("image_rp_bucket", image_bucket_table(cfg.image_bucket_size))
 
     # ------------------------------------------------------------------ image path
-    def embed_patches(self, patch_images: Tensor, sample_patch_num: Optional[int] = None):
+    def embed_patches(self, patch_images: Tensor, sample_patch_num: Optional[int] = None,
+                      patch_masks: Optional[Tensor] = None):
         """Run the backbone and flatten its grid.
 
         Args:
             patch_images: ``[B, 3, S, S]`` normalised to ``[-1, 1]``.
             sample_patch_num: keep this many randomly chosen patches per sample (training only).
+            patch_masks: bool ``[B]``, False for dummy images: when some are real, only those go through
+                the backbone and the dummies get zero features (see the module docstring).
 
         Returns:
             ``(features [B, N, C_img], position_ids [B, N])``.
         """
-        feats = self.embed_images(patch_images)
+        real = None if patch_masks is None else patch_masks.bool()
+        if real is not None and bool(real.any()) and not bool(real.all()):
+            part = self.embed_images(patch_images[real])
+            feats = part.new_zeros((patch_images.size(0), *part.shape[1:]))
+            feats[real] = part
+        else:
+            feats = self.embed_images(patch_images)
         b, _, h, w = feats.shape
         feats = feats.flatten(2).transpose(1, 2)
         pos_ids = patch_position_ids(h, w, self.image_bucket_size).to(feats.device).expand(b, h * w)
@@ -135,7 +147,7 @@ class OFAEncoder(FairseqEncoder):
         num_patches = 0
         image_pos_ids = None
         if patch_images is not None:
-            feats, image_pos_ids = self.embed_patches(patch_images, sample_patch_num)
+            feats, image_pos_ids = self.embed_patches(patch_images, sample_patch_num, patch_masks)
             num_patches = feats.size(1)
             img = self.embed_scale * self.image_proj(feats)
             image_pos = self.embed_image_positions(image_pos_ids)
