@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data_utils.synth.breakdown import breakdown, grounding_anatomy, tsv_rows  # noqa: E402
+from data_utils.synth.breakdown import breakdown, grounding_anatomy, load_scenes, predictions, tsv_rows  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 CLEAR_MARGIN = 1.15  # as the generator's main object: the next-smallest has >= 1.15 x the visible area
@@ -73,10 +73,6 @@ def unique_colour(scene: dict) -> Rows:
             if sum(p["color"] == o["color"] for p in objs) == 1]
 
 
-def _scenes(data: Path, split: str) -> Dict[str, dict]:
-    return {str(s["image_id"]): s for s in map(json.loads, open(data / f"scenes_{split}.jsonl", encoding="utf-8"))}
-
-
 def write_control_split(data: Path, out: Path, name: str) -> Dict[str, int]:
     """``out/refcoco_{split}.tsv`` for control ``name``: the rows ``CONTROLS[name]`` gives each image of
     ``data``'s grounding files (ids ``{image_id}_{object index}``, the object's box as the scene records
@@ -86,7 +82,7 @@ def write_control_split(data: Path, out: Path, name: str) -> Dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split in SPLITS:
-        scenes, seen, rows = _scenes(data, split), set(), []
+        scenes, seen, rows = load_scenes(data / f"scenes_{split}.jsonl"), set(), []
         for _row_id, image_id, _text, _box, image in tsv_rows(data / f"refcoco_{split}.tsv"):
             if image_id in seen:
                 continue
@@ -109,16 +105,12 @@ def _boxes(path: Path) -> Dict[str, Tuple[str, List[float]]]:
     return {f[0]: (f[1], [float(v) for v in f[3].split(",")]) for f in tsv_rows(path)}
 
 
-def _predictions(predict_json: Path) -> Dict[str, List[float]]:
-    return {str(p["uniq_id"]): p["box"] for p in json.loads(Path(predict_json).read_text())}
-
-
 def coordinate_errors(predict_json: Path, tsv: Path, train_tsv: Path) -> Dict[str, List[float]]:
     """Mean absolute error (pixels) of x0, y0, x1, y1: the predictions', and always answering the mean
     training box's."""
     ref, train = _boxes(tsv), [b for _, b in _boxes(train_tsv).values()]
     mean_box = [sum(b[i] for b in train) / len(train) for i in range(4)]
-    pred = _predictions(predict_json)
+    pred = {k: r["box"] for k, r in predictions(predict_json, "uniq_id").items()}
     keys = [k for k in ref if k in pred]
     mae = [sum(abs(pred[k][i] - ref[k][1][i]) for k in keys) / len(keys) for i in range(4)]
     base = [sum(abs(mean_box[i] - ref[k][1][i]) for k in keys) / len(keys) for i in range(4)]

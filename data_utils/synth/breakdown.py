@@ -50,7 +50,8 @@ def tsv_rows(path: Path) -> Iterable[List[str]]:
                 yield line.rstrip("\n").split("\t")
 
 
-def _predictions(path: Path, id_key: str) -> Dict[str, dict]:
+def predictions(path: Path, id_key: str) -> Dict[str, dict]:
+    """``id -> record`` of an ``ofa-evaluate`` ``{split}_predict.json`` (ids as strings)."""
     return {str(r[id_key]): r for r in json.loads(Path(path).read_text())}
 
 
@@ -64,13 +65,13 @@ def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[floa
     """
     out: Dict[str, Tuple[float, str]] = {}
     if task == "vqa_gen":
-        pred = _predictions(predict_json, "question_id")
+        pred = predictions(predict_json, "question_id")
         for f in tsv_rows(tsv):
             if f[0] in pred:
                 refs = {a.split("|!+", 1)[1]: float(a.split("|!+", 1)[0]) for a in f[3].split("&&")}
                 out[f[0]] = (refs.get(pred[f[0]]["answer"], 0.0), f[2])
     elif task == "snli_ve":
-        pred = _predictions(predict_json, "uniq_id")
+        pred = predictions(predict_json, "uniq_id")
         for f in tsv_rows(tsv):
             if f[0] in pred:
                 out[f[0]] = (float(pred[f[0]]["answer"] == SNLI_ANSWER[f[-1]]), f[3])
@@ -79,7 +80,7 @@ def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[floa
 
         from ..boxes import grounding_hits  # the official Acc@0.5 rule, as ofa-evaluate scores it
 
-        pred = _predictions(predict_json, "uniq_id")
+        pred = predictions(predict_json, "uniq_id")
         rows = [f for f in tsv_rows(tsv) if f[0] in pred]
         if rows:
             hits = grounding_hits(torch.tensor([pred[f[0]]["box"] for f in rows], dtype=torch.float64),
@@ -88,6 +89,12 @@ def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[floa
     else:
         raise ValueError(f"no per-kind breakdown for task {task!r}; tasks: vqa_gen, snli_ve, refcoco")
     return out
+
+
+def load_scenes(scenes_jsonl: Path) -> Dict[str, dict]:
+    """``image id -> scene record`` of a ``scenes_{split}.jsonl`` (ids as strings)."""
+    with open(scenes_jsonl, encoding="utf-8") as f:
+        return {str(s["image_id"]): s for s in map(json.loads, f)}
 
 
 def row_kinds(task: str, scenes_jsonl: Path) -> Dict[str, str]:
@@ -140,12 +147,8 @@ def grounding_anatomy(predict_json: Path, tsv: Path, scenes_jsonl: Path) -> Dict
 
     from ..boxes import grounding_hits
 
-    scenes = {}
-    with open(scenes_jsonl, encoding="utf-8") as f:
-        for line in f:
-            s = json.loads(line)
-            scenes[str(s["image_id"])] = s
-    pred = _predictions(predict_json, "uniq_id")
+    scenes = load_scenes(scenes_jsonl)
+    pred = predictions(predict_json, "uniq_id")
     counts: Dict[str, Dict[str, int]] = {}
     for row_id, image_id, _text, box, *_ in tsv_rows(tsv):
         if row_id not in pred:
