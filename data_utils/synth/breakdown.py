@@ -100,12 +100,8 @@ def load_scenes(scenes_jsonl: Path) -> Dict[str, dict]:
 def row_kinds(task: str, scenes_jsonl: Path) -> Dict[str, str]:
     """``row id -> kind`` recorded by the generator (VQA question type, entailment hypothesis type)."""
     key = {"vqa_gen": "vqa", "snli_ve": "snli_ve"}[task]
-    kinds = {}
-    with open(scenes_jsonl, encoding="utf-8") as f:
-        for line in f:
-            for row_id, kind, _objs in json.loads(line).get("about", {}).get(key, []):
-                kinds[str(row_id)] = kind
-    return kinds
+    return {str(row_id): kind for scene in load_scenes(scenes_jsonl).values()
+            for row_id, kind, _objs in scene.get("about", {}).get(key, [])}
 
 
 def per_kind(scores: Dict[str, Tuple[float, str]], kind_of) -> Dict[str, Dict[str, float]]:
