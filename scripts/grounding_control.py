@@ -35,7 +35,8 @@ from typing import Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data_utils.synth.breakdown import breakdown, grounding_anatomy, load_scenes, predictions, tsv_rows  # noqa: E402
+from data_utils.synth.breakdown import (breakdown, grounding_anatomy, load_scenes, predictions, same_box_share,  # noqa: E402
+                                        tsv_rows)
 
 SPLITS = ("train", "valid", "test")
 CLEAR_MARGIN = 1.15  # as the generator's main object: the next-smallest has >= 1.15 x the visible area
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
             "valid_curve": json.loads((run / "learning_curves.json").read_text())["refcoco"]["valid"],
             "coordinate_mae_px": coordinate_errors(predict, data / "refcoco_test.tsv", data / "refcoco_train.tsv"),
             "anatomy": grounding_anatomy(predict, data / "refcoco_test.tsv", data / "scenes_test.jsonl"),
+            "same_box": same_box_share(predict, data / "refcoco_test.tsv"),
             "by_form": breakdown("refcoco", predict, data, "test") if name == "referring" else None,
             "train_seconds": metrics["stage_seconds"].get("train_refcoco"),
         }
@@ -158,14 +160,15 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(text)
     print(f"\n{'run':10s} {'test acc':>8s}  {'small':>5s} {'large':>5s}  {'other':>5s} {'none':>5s}  "
-          f"coordinate MAE px (model / mean box)")
+          f"{'same box':>8s}  coordinate MAE px (model / mean box)")
     for name, r in result["runs"].items():
         a, m = r["anatomy"], r["coordinate_mae_px"]
         size = {g: f"{a[g]['hit']:.3f}" if g in a else "-" for g in ("small", "large")}
         print(f"{name:10s} {r['test_acc']:8.4f}  {size['small']:>5s} {size['large']:>5s}  {a['all']['other']:5.3f} "
-              f"{a['all']['none']:5.3f}  {m['model']} / {m['mean_box']}")
+              f"{a['all']['none']:5.3f}  {r['same_box']['same_box']:8.3f}  {m['model']} / {m['mean_box']}")
     print("(small / large: accuracy by the referred object's size; other: boxed another object of the scene; "
-          "none: boxed no object)")
+          "none: boxed no object; same box: share of the images with expressions for different objects where every "
+          "expression got the same box)")
     return 0
 
 

@@ -24,7 +24,8 @@ Stages (each one a subprocess of the installed command-line tools next to ``sys.
                             SCST before / after comparison)
 
 Outputs under ``--out``: ``metrics.json`` (test metrics, targets, per-stage wall time; for VQA, entailment
-and grounding also the score per question kind, hypothesis kind and expression form, ``by_kind``),
+and grounding also the score per question kind, hypothesis kind and expression form, ``by_kind``; for
+grounding what its boxes hit, ``anatomy``, and how often an image's expressions all got one box, ``same_box``),
 ``learning_curves.json`` (per task: update -> train loss, and the validation metric of every
 validation), ``learning_curves.csv`` / ``learning_curves.txt`` (a compact summary), and per task its
 checkpoint folder, training log and evaluation results.
@@ -51,7 +52,7 @@ from typing import Any, Dict, List, Optional, Tuple
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data_utils.synth.breakdown import TSV_NAME, breakdown, grounding_anatomy  # noqa: E402  (torch only when called)
+from data_utils.synth.breakdown import TSV_NAME, breakdown, grounding_anatomy, same_box_share  # noqa: E402  (torch only when called)
 
 # ----------------------------------------------------------------------------------------- the recipe
 # The model: OFA's layout (pre-LN encoder-decoder, shared embeddings, relative position biases) at a
@@ -459,6 +460,7 @@ def main(argv=None) -> int:
                     res[split]["anatomy"] = grounding_anatomy(rdir / "test_predict.json",
                                                               data / f"{FILES[task]}_{split}.tsv",
                                                               data / f"scenes_{split}.jsonl")
+                    res[split]["same_box"] = same_box_share(rdir / "test_predict.json", data / f"{FILES[task]}_{split}.tsv")
 
     # report
     total = time.perf_counter() - t_start
@@ -502,6 +504,10 @@ def main(argv=None) -> int:
         print("\ngrounding boxes on test by the referred object's size (hit / another object / no object of the scene):")
         for group, a in anatomy.items():
             print(f"  {group:6s} ({a['n']:4d})  {a['hit']:.2f} / {a['other']:.2f} / {a['none']:.2f}")
+        same = results["refcoco"]["test"].get("same_box")
+        if same and same["images"]:
+            print(f"  one box for every expression of an image: {same['same_box']:.2f} of the {same['images']} images "
+                  "whose expressions refer to different objects (1.00: the text is ignored)")
     if "caption" in results and "caption_scst" in results:
         a, b = results["caption"]["test"], results["caption_scst"]["test"]
         print(f"\nSCST: test CIDEr-D ('cider') {a.get('cider')} -> {b.get('cider')}; "

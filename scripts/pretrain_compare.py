@@ -15,7 +15,9 @@ tokenizer, model and per-task recipe it reuses):
    and text-only data for text infilling. Image infilling needs VQGAN codes (``--vqgan DIR``); without
    them that source is left out of the mixture (codes are never invented);
 3. ``ofa-train --task unify`` for ``--pretrain-updates`` updates (the official mixture, a ``[v1, v2]`` batch
-   pair per update);
+   pair per update), the ResNet at ``--backbone-lr-scale`` (0.1) times the learning rate: it starts from a
+   random initialisation here, not from ImageNet as the official one, and at the full rate the mixture
+   overwrites its shape features;
 4. zero-shot: the pretrained checkpoint alone, evaluated as ``vqa_gen`` (trie over the answer set) and
    ``refcoco`` (bins-only constraint) on the TEST split, no finetuning;
 5. per task, the SAME finetuning budget (the main job's recipe updates times ``--finetune-scale``), once
@@ -46,6 +48,10 @@ def parse_args(argv=None):
                    help="scenes drawn for pretraining (about 70%% are train-split scenes and kept)")
     p.add_argument("--pretrain-updates", type=int, default=1200)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--backbone-lr-scale", type=float, default=0.1,
+                   help="the ResNet's learning rate in pretraining, times --pretrain-lr (ofa-train "
+                        "--image-backbone-lr-scale; default 0.1). At 1 the mixture trades the random ResNet's shape "
+                        "features for colour ones and classification finetunes below scratch (README)")
     p.add_argument("--finetune-scale", type=float, default=0.5,
                    help="finetuning updates = the main job's recipe updates times this (same in both arms)")
     p.add_argument("--tasks", default=",".join(mj.RECIPE))
@@ -54,6 +60,11 @@ def parse_args(argv=None):
                    help="pretrain without the official V-L image augmentation (RandomResize up to 1.25x + CenterCrop, "
                         "RandAugment), as the finetuning tasks see the scenes; its colour and geometry operations can "
                         "change what the captions and answers say (measured: about neutral, see the README)")
+    p.add_argument("--pretrain-arg", action="append", default=[], metavar="ARG",
+                   help="extra ofa-train option for the pretraining (repeat; e.g. --pretrain-arg=--sample-patch-num "
+                        "--pretrain-arg=8)")
+    p.add_argument("--finetune-arg", action="append", default=[], metavar="ARG",
+                   help="extra ofa-train option for both finetuning arms (repeat; main_job's 'TASK.args+=' for every task)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data and a dozen updates")
     p.add_argument("--keep", action="store_true", help="reuse finished stages in OUT")
     return p.parse_args(argv)
@@ -100,7 +111,7 @@ def main(argv=None) -> int:
             "--batch-size", "32", "--lr", str(args.pretrain_lr), "--warmup-updates", str(max(1, pre_updates // 20)),
             "--max-update", str(pre_updates), "--total-num-update", str(pre_updates), "--disable-validation",
             "--save-dir", str(ckpt.parent), "--log-file", str(out / "pretrain" / "train.log"),
-            "--no-save-optimizer-state"])
+            "--no-save-optimizer-state", "--image-backbone-lr-scale", str(args.backbone_lr_scale), *args.pretrain_arg])
     pre_curve = mj.curves_from_log(out / "pretrain" / "train.log", "loss")
 
     # 4. zero-shot from the pretrained checkpoint alone
@@ -126,6 +137,8 @@ def main(argv=None) -> int:
             sets += ["--set", f"{task}.updates={n}", "--set", f"{task}.valid_every={max(2, n // 2)}",
                      "--set", f"{task}.warmup={max(1, min(r['warmup'], n // 10))}",
                      "--set", f"{task}.init={json.dumps(init)}"]
+            if args.finetune_arg:
+                sets += ["--set", f"{task}.args+={' '.join(args.finetune_arg)}"]
         arm_out = out / f"finetune_{arm}"
         argv_arm = ["--data", str(data), "--out", str(arm_out), "--tasks", ",".join(tasks), "--no-scst", "--comp", *sets]
         if args.quick:
@@ -149,6 +162,8 @@ def main(argv=None) -> int:
         row["pretraining_helps"] = (row["pretrained_test"] or 0) > (row["scratch_test"] or 0)
         rows.append(row)
     report = {"command": " ".join([sys.executable, *sys.argv]), "pretrain_updates": pre_updates,
+              "backbone_lr_scale": args.backbone_lr_scale,
+              "pretrain_args": args.pretrain_arg, "finetune_args": args.finetune_arg,
               "vl_augment": "none" if args.no_vl_augment else "official",
               "pretrain_images_drawn": pre_images, "finetune_scale": args.finetune_scale,
               "vqgan": args.vqgan, "rows": rows, "zero_shot": zero, "pretrain_curve": pre_curve,

@@ -26,6 +26,7 @@ from fairseq.distributed import utils as dist_utils
 from fairseq.tasks import FairseqTask
 from omegaconf import II
 
+from ofa import lr_scale
 from ofa.generate import SequenceGenerator
 from ofa.tokenizer import load_tokenizer
 
@@ -53,6 +54,9 @@ class OFATaskConfig(FairseqDataclass):
     imagenet_default_mean_and_std: bool = field(default=False, metadata={"help": "ImageNet normalisation"})
     bad_rows: BAD_ROWS = field(default="fail", metadata={"help": "fail on a bad data row, or skip and count it"})
     shuffle: bool = field(default=True, metadata={"help": "reshuffle the training rows every epoch"})
+    image_backbone_lr_scale: float = field(
+        default=1.0, metadata={"help": "the image backbone (ResNet) learns at this times the learning rate "
+                                       "(0 freezes its weights); see ofa/lr_scale.py"})
     seed: int = II("common.seed")
     num_workers: int = II("dataset.num_workers")
     # generation used by validation and ofa-evaluate
@@ -83,6 +87,8 @@ class OFATask(FairseqTask):
     def setup_task(cls, cfg: OFATaskConfig, **kwargs):
         if not cfg.bpe_dir:
             raise ValueError("--bpe-dir is required: the GPT-2 BPE folder, or a SentencePiece folder from ofa-tokenizer")
+        if not getattr(cfg, "image_backbone_lr_scale", 1.0) >= 0:
+            raise ValueError(f"--image-backbone-lr-scale must be >= 0, got {cfg.image_backbone_lr_scale}")
         tokenizer = load_tokenizer(cfg.bpe_dir, cfg.code_dict_size, cfg.num_bins)
         logger.info(f"dictionary: {len(tokenizer.dictionary)} types ({tokenizer.kind})")
         return cls(cfg, tokenizer)
@@ -155,6 +161,15 @@ class OFATask(FairseqTask):
             shard_id=0, num_workers=num_workers, epoch=epoch, buffer_size=data_buffer_size,
             skip_remainder_batch=skip_remainder_batch,
         )
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """The optimizer step, with the image backbone's update scaled by ``image_backbone_lr_scale``."""
+        scale = self.cfg.image_backbone_lr_scale
+        if scale == 1.0:
+            return super().optimizer_step(optimizer, model, update_num)
+        lr_scale.check_optimizer(optimizer)
+        lr_scale.scaled_step(lambda: super(OFATask, self).optimizer_step(optimizer, model, update_num),
+                             lr_scale.backbone_parameters(model), scale)
 
     # ---------------------------------------------------------------- model and generation
     def build_model(self, cfg, from_checkpoint=False):

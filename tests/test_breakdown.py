@@ -5,7 +5,7 @@ import pytest
 
 from ofa.data_utils.synth import main as synth_main
 from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, breakdown, expression_form, grounding_anatomy, per_kind,
-                                            row_kinds)
+                                            row_kinds, same_box_share)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,22 @@ def test_grounding_anatomy_tells_the_right_object_another_object_and_no_object_a
     assert got["all"]["none"] == pytest.approx(sum(k % 3 == 2 for k in range(n)) / n, abs=1e-4)
     by_size = {g: sum(target(r)["size"] == g for r in rows) for g in ("small", "large")}
     assert {g: got[g]["n"] for g in by_size if by_size[g]} == {g: c for g, c in by_size.items() if c}
+
+
+def test_same_box_share_counts_images_whose_expressions_all_got_one_box(bench, tmp_path):
+    rows = _rows(bench / "refcoco_test.tsv")
+    by_image = {}
+    for r in rows:
+        by_image.setdefault(r[1], []).append(r)
+    multi = [img for img, rs in by_image.items() if len({r[3] for r in rs}) > 1]
+    assert len(multi) >= 2
+    ignoring = set(multi[: len(multi) // 2])  # these images: one box for every expression (the first row's)
+    pred = [{"uniq_id": r[0], "box": [float(v) for v in (by_image[r[1]][0][3] if r[1] in ignoring else r[3]).split(",")]}
+            for r in rows]
+    got = same_box_share(_write(tmp_path / "p.json", pred), bench / "refcoco_test.tsv")
+    assert got == {"images": len(multi), "same_box": round(len(ignoring) / len(multi), 4)}
+    one_box = [{"uniq_id": r[0], "box": [1.0, 2.0, 30.0, 40.0]} for r in rows]
+    assert same_box_share(_write(tmp_path / "q.json", one_box), bench / "refcoco_test.tsv")["same_box"] == 1.0
 
 
 def test_grounding_anatomy_names_a_row_whose_box_is_no_object(bench, tmp_path):

@@ -148,3 +148,23 @@ def test_log_file_gets_each_line_once_across_epochs(bench, tmp_path, caplog):
     assert len(lines) == len(set(lines))
     assert [int(v["valid_num_updates"]) for v in valid] == [updates // 3, 2 * updates // 3, updates]
     assert max(int(r["num_updates"]) for r in inner) >= updates - 1 and max(r["epoch"] for r in inner) == 3
+
+
+def test_image_backbone_lr_scale_zero_keeps_the_resnet_weights_while_the_rest_trains(bench, tmp_path):
+    """``--image-backbone-lr-scale 0``: one or two updates leave the ResNet's weights at their
+    initialisation (same seed), while the transformer's change between them."""
+    from ofa.checkpoint import load_model
+
+    models = {}
+    for updates in (1, 2):
+        save = tmp_path / f"ckpt{updates}"
+        args = train_args("image_classify", bench, save, ["--image-backbone-lr-scale", "0"])
+        args[args.index("--max-update") + 1] = str(updates)
+        train_main(args)
+        models[updates] = load_model(str(save / "checkpoint_last.pt"))[0]
+    one, two = (dict(models[n].named_parameters()) for n in (1, 2))
+    backbone = [k for k in one if k.startswith("encoder.embed_images.")]
+    assert backbone and all(torch.equal(one[k], two[k]) for k in backbone)
+    assert not torch.equal(one["encoder.image_proj.weight"], two["encoder.image_proj.weight"])
+    with pytest.raises(ValueError, match="--image-backbone-lr-scale must be >= 0, got -0.5"):
+        train_main(train_args("image_classify", bench, tmp_path / "bad", ["--image-backbone-lr-scale", "-0.5"]))

@@ -163,3 +163,20 @@ def grounding_anatomy(predict_json: Path, tsv: Path, scenes_jsonl: Path) -> Dict
             c[kind] += 1
     return {g: {"n": c["n"], **{k: round(c[k] / c["n"], 4) for k in ("hit", "other", "none")}}
             for g, c in sorted(counts.items())}
+
+
+def same_box_share(predict_json: Path, tsv: Path) -> Dict[str, float]:
+    """Does the text change the box? Over the images whose grounding rows refer to at least two different
+    objects (different target boxes), the fraction where every row got the same predicted box: 1.0 means the
+    model ignores the expression, 0.0 that it answers each object differently (rightly or not).
+
+    Returns ``{"images": number of such images, "same_box": fraction}`` (``same_box`` 0.0 without images).
+    """
+    by_image: Dict[str, List[Tuple[str, Tuple[float, ...]]]] = {}
+    pred = predictions(predict_json, "uniq_id")
+    for row_id, image_id, _text, box, *_ in tsv_rows(tsv):
+        if row_id in pred:
+            by_image.setdefault(image_id, []).append((box, tuple(float(v) for v in pred[row_id]["box"])))
+    multi = [rows for rows in by_image.values() if len({gold for gold, _ in rows}) > 1]
+    same = sum(len({p for _, p in rows}) == 1 for rows in multi)
+    return {"images": len(multi), "same_box": round(same / len(multi), 4) if multi else 0.0}

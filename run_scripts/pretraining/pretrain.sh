@@ -9,8 +9,10 @@
 # --sample-patch-num 196 (random patches of the V-L batch v1), max-image-size 512, code-image-size 128,
 # fp16 scale window 128, --disable-validation, save every 6000 updates, keep the last 15 epochs.
 # It continues from the released checkpoint (RESTORE_FILE, default $CKPT_DIR/ofa_<size>.pt);
-# RESTORE_FILE=none pretrains from scratch. The global batch of the released models is not known
-# (docs/tasks.md 3.4); EFFECTIVE_BATCH [4] sets it (update_freq is derived from it).
+# RESTORE_FILE=none pretrains from scratch; with a randomly initialised ResNet (no ImageNet weights) pass
+# --image-backbone-lr-scale 0.1, which kept its shape features on the embedded data (README).
+# The global batch of the released models is not known (docs/tasks.md 3.4); EFFECTIVE_BATCH [4] sets it
+# (update_freq is derived from it).
 #
 # Files (official names; DATA_DIR/pretrain_data/ by default, or set each variable):
 #   VL_DATA         vision_language_examples.tsv (pretrain_vl: uniq_id, image, caption, question, refs,
