@@ -13,8 +13,6 @@ train and scored on test: accuracy on the class (colour + shape of the main obje
 and its colour alone. It measures what the features still hold, not what a finetuned model reaches.
 """
 import argparse
-import base64
-import io
 import os
 import sys
 from typing import List, Tuple
@@ -28,8 +26,7 @@ from ofa.cli.common import setup  # noqa: E402
 
 def load_split(data: str, split: str, size: int) -> Tuple[torch.Tensor, List[str]]:
     """``([N, 3, size, size] images, N labels)`` of ``image_classify_{split}.tsv`` (image, id, label)."""
-    from PIL import Image
-
+    from ofa.data_utils.images import decode_b64
     from ofa.data_utils.transforms import square_resize
 
     images, labels = [], []
@@ -38,7 +35,7 @@ def load_split(data: str, split: str, size: int) -> Tuple[torch.Tensor, List[str
         fields = line.rstrip("\n").split("\t")
         if len(fields) < 3:
             raise ValueError(f"{path}: row {line_no}: expected 3 columns (image, id, label), got {len(fields)}")
-        images.append(square_resize(Image.open(io.BytesIO(base64.b64decode(fields[0]))).convert("RGB"), size))
+        images.append(square_resize(decode_b64(fields[0]), size))
         labels.append(fields[2])
     return torch.stack(images), labels
 
