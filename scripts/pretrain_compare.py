@@ -63,8 +63,6 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-arg", action="append", default=[], metavar="ARG",
                    help="extra ofa-train option for the pretraining (repeat; e.g. --pretrain-arg=--sample-patch-num "
                         "--pretrain-arg=8)")
-    p.add_argument("--finetune-arg", action="append", default=[], metavar="ARG",
-                   help="extra ofa-train option for both finetuning arms (repeat; main_job's 'TASK.args+=' for every task)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data and a dozen updates")
     p.add_argument("--keep", action="store_true", help="reuse finished stages in OUT")
     return p.parse_args(argv)
@@ -137,8 +135,6 @@ def main(argv=None) -> int:
             sets += ["--set", f"{task}.updates={n}", "--set", f"{task}.valid_every={max(2, n // 2)}",
                      "--set", f"{task}.warmup={max(1, min(r['warmup'], n // 10))}",
                      "--set", f"{task}.init={json.dumps(init)}"]
-            if args.finetune_arg:
-                sets += ["--set", f"{task}.args+={' '.join(args.finetune_arg)}"]
         arm_out = out / f"finetune_{arm}"
         argv_arm = ["--data", str(data), "--out", str(arm_out), "--tasks", ",".join(tasks), "--no-scst", "--comp", *sets]
         if args.quick:
@@ -163,7 +159,7 @@ def main(argv=None) -> int:
         rows.append(row)
     report = {"command": " ".join([sys.executable, *sys.argv]), "pretrain_updates": pre_updates,
               "backbone_lr_scale": args.backbone_lr_scale,
-              "pretrain_args": args.pretrain_arg, "finetune_args": args.finetune_arg,
+              "pretrain_args": args.pretrain_arg,
               "vl_augment": "none" if args.no_vl_augment else "official",
               "pretrain_images_drawn": pre_images, "finetune_scale": args.finetune_scale,
               "vqgan": args.vqgan, "rows": rows, "zero_shot": zero, "pretrain_curve": pre_curve,
