@@ -27,14 +27,14 @@ from ofa.cli.common import setup  # noqa: E402
 def load_split(data: str, split: str, size: int) -> Tuple[torch.Tensor, List[str]]:
     """``([N, 3, size, size] images, N labels)`` of ``image_classify_{split}.tsv`` (image, id, label)."""
     from ofa.data_utils.images import decode_b64
+    from ofa.data_utils.synth.breakdown import tsv_rows
     from ofa.data_utils.transforms import square_resize
 
     images, labels = [], []
     path = os.path.join(data, f"image_classify_{split}.tsv")
-    for line_no, line in enumerate(open(path, encoding="utf-8"), 1):
-        fields = line.rstrip("\n").split("\t")
+    for row, fields in enumerate(tsv_rows(path), 1):
         if len(fields) < 3:
-            raise ValueError(f"{path}: row {line_no}: expected 3 columns (image, id, label), got {len(fields)}")
+            raise ValueError(f"{path}: row {row}: expected 3 columns (image, id, label), got {len(fields)}")
         images.append(square_resize(decode_b64(fields[0]), size))
         labels.append(fields[2])
     return torch.stack(images), labels

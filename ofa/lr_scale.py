@@ -34,6 +34,12 @@ def backbone_parameters(model: nn.Module) -> List[nn.Parameter]:
     return [p for p in backbone.parameters() if p.requires_grad]
 
 
+def check_scale(scale: float) -> None:
+    """Refuse a negative (or NaN) learning-rate scale."""
+    if not scale >= 0:
+        raise ValueError(f"--image-backbone-lr-scale must be >= 0, got {scale}")
+
+
 def check_optimizer(optimizer) -> None:
     """Refuse optimizers that step a separate copy of the weights (fairseq's ``--fp16``)."""
     if hasattr(optimizer, "fp32_params"):
@@ -49,8 +55,7 @@ def scaled_step(step: Callable[[], None], params: Iterable[torch.Tensor], scale:
         params: the tensors whose update is scaled.
         scale: ``0 <= scale``; 1 leaves the step as it is.
     """
-    if scale < 0:
-        raise ValueError(f"learning-rate scale must be >= 0, got {scale}")
+    check_scale(scale)
     params = list(params)
     if scale == 1.0 or not params:
         step()

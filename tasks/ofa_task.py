@@ -87,8 +87,7 @@ class OFATask(FairseqTask):
     def setup_task(cls, cfg: OFATaskConfig, **kwargs):
         if not cfg.bpe_dir:
             raise ValueError("--bpe-dir is required: the GPT-2 BPE folder, or a SentencePiece folder from ofa-tokenizer")
-        if not getattr(cfg, "image_backbone_lr_scale", 1.0) >= 0:
-            raise ValueError(f"--image-backbone-lr-scale must be >= 0, got {cfg.image_backbone_lr_scale}")
+        lr_scale.check_scale(getattr(cfg, "image_backbone_lr_scale", 1.0))
         tokenizer = load_tokenizer(cfg.bpe_dir, cfg.code_dict_size, cfg.num_bins)
         logger.info(f"dictionary: {len(tokenizer.dictionary)} types ({tokenizer.kind})")
         return cls(cfg, tokenizer)
