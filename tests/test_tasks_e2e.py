@@ -168,3 +168,17 @@ def test_image_backbone_lr_scale_zero_keeps_the_resnet_weights_while_the_rest_tr
     assert not torch.equal(one["encoder.image_proj.weight"], two["encoder.image_proj.weight"])
     with pytest.raises(ValueError, match="--image-backbone-lr-scale must be >= 0, got -0.5"):
         train_main(train_args("image_classify", bench, tmp_path / "bad", ["--image-backbone-lr-scale", "-0.5"]))
+
+
+def test_layer_init_std_from_the_command_line_sets_the_fresh_models_layer_weights(bench, tmp_path):
+    """``--layer-init-std`` reaches the model ofa-train builds and is stored in its checkpoint."""
+    from ofa.checkpoint import load_model, safe_load
+
+    save = tmp_path / "ckpt"
+    args = train_args("image_classify", bench, save, ["--layer-init-std", "0.5"])
+    args[args.index("--max-update") + 1], args[args.index("--lr") + 1] = "1", "1e-9"
+    train_main(args)
+    model = load_model(str(save / "checkpoint_last.pt"))[0]
+    assert abs(model.encoder.layers[0].fc1.weight.std().item() - 0.5) < 0.05
+    assert abs(model.encoder.pos_q_linear.weight.std().item() - 0.02) < 0.005
+    assert safe_load(str(save / "checkpoint_last.pt"))["cfg"]["model"]["layer_init_std"] == 0.5

@@ -71,6 +71,13 @@ class OFAModelConfig(FairseqDataclass):
     attention_impl: str = field(
         default="sdpa", metadata={"help": "attention kernel: sdpa (torch fused) or math (explicit softmax)"}
     )
+    # initialisation (a project option; it only matters when training from scratch)
+    layer_init_std: float = field(
+        default=0.02,
+        metadata={"help": "std of the N(0, std) init of the encoder and decoder layers' attention and FFN "
+                  "weights; 0.02 is the official init of every Linear (chosen for widths 256-1280). Below width "
+                  "256 a larger value lets attention leave its uniform start sooner (ofa.model.init)"},
+    )
 
     @classmethod
     def from_any(cls, source: Any, **overrides) -> "OFAModelConfig":

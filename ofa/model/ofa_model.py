@@ -15,18 +15,7 @@ from torch import Tensor, nn
 from .config import ARCHS, OFAModelConfig, arch_overrides
 from .decoder import OFADecoder
 from .encoder import OFAEncoder
-
-
-def init_bert_params(module: nn.Module) -> None:
-    """BERT-style init the official model applies to every module: N(0, 0.02), zero biases and pad rows."""
-    if isinstance(module, nn.Linear):
-        module.weight.data.normal_(mean=0.0, std=0.02)
-        if module.bias is not None:
-            module.bias.data.zero_()
-    elif isinstance(module, nn.Embedding):
-        module.weight.data.normal_(mean=0.0, std=0.02)
-        if module.padding_idx is not None:
-            module.weight.data[module.padding_idx].zero_()
+from .init import init_bert_params, init_layer_weights
 
 
 @register_model("ofa", dataclass=OFAModelConfig)
@@ -41,6 +30,7 @@ class OFAModel(FairseqEncoderDecoderModel):
         for name, module in self.named_modules():
             if not name.startswith("encoder.embed_images"):
                 init_bert_params(module)
+        init_layer_weights(self, cfg.layer_init_std)
 
     @classmethod
     def build_model(cls, cfg, task) -> "OFAModel":
