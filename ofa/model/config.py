@@ -75,8 +75,8 @@ class OFAModelConfig(FairseqDataclass):
     layer_init_std: float = field(
         default=0.02,
         metadata={"help": "std of the N(0, std) init of the encoder and decoder layers' attention and FFN "
-                  "weights; 0.02 is the official init of every Linear (chosen for widths 256-1280). Below width "
-                  "256 a larger value lets attention leave its uniform start sooner (ofa.model.init)"},
+                  "weights; 0.02 is the official init of every Linear (at the official widths 256-1280). At width "
+                  "128 a larger value lets attention leave its uniform start sooner (ofa.model.init)"},
     )
 
     @classmethod

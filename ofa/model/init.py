@@ -1,11 +1,11 @@
 """Weight initialisation of an OFA model built from scratch (loading a checkpoint replaces all of it).
 
 The official model applies a BERT-style init to every ``nn.Linear`` / ``nn.Embedding`` outside the
-ResNet: weights ~ N(0, 0.02), zero biases and padding rows (``init_bert_params``). 0.02 was chosen for
-widths 256-1280. At width 128 (the CPU main job) it leaves the attention logits ``q . k`` of a fresh
-model about ten times smaller than a fan-in init would (std ~ 1 / sqrt(width) per weight), attention
-stays near uniform for hundreds of updates, and the model learns to box the scene's salient object but
-not the object the text names (README, "What the main job reaches"). ``layer_init_std`` re-draws the
+ResNet: weights ~ N(0, 0.02), zero biases and padding rows (``init_bert_params``). The official sizes use it at
+widths 256-1280. At width 128 (the CPU main job) it is 4.4x below a fan-in scale (1 / sqrt(128) = 0.088),
+and attention logits ``q . k``, a product of two such projections, start about 20x smaller; there the
+grounding stage mostly learned to box the scene's salient object, not the one the text names, and a
+larger std let it use the text sooner (README, "What the main job reaches"). ``layer_init_std`` re-draws the
 encoder and decoder layers' attention (q, k, v, out) and FFN (fc1, fc2) weights with another std;
 embeddings, the image projection, the position projections and the relative-position tables keep 0.02.
 """
