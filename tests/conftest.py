@@ -30,11 +30,12 @@ def reference_dir() -> Path:
     return REFERENCE
 
 
-def load_script(name: str):
-    """``scripts/{name}.py`` imported as a module (its ``main`` not run), for testing its functions."""
+def load_script(name: str, folder: str = "scripts"):
+    """``{folder}/{name}.py`` (``scripts/`` or ``bench/``) imported as a module (its ``main`` not run), for
+    testing its functions."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

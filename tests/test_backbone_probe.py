@@ -1,18 +1,14 @@
 """bench/backbone_probe.py: the linear probe of a backbone's pooled features (a bench script; its pieces)."""
-import importlib.util
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def probe_module():
-    spec = importlib.util.spec_from_file_location("backbone_probe", REPO / "bench" / "backbone_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("backbone_probe", "bench")
 
 
 def test_probe_separates_separable_features_and_not_noise(probe_module):

@@ -1,19 +1,15 @@
 """bench/plain_baselines.py: plain PyTorch models on the main job's rows (a bench script; its pieces)."""
-import importlib.util
 import json
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def plain():
-    spec = importlib.util.spec_from_file_location("plain_baselines", REPO / "bench" / "plain_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("plain_baselines", "bench")
 
 
 @pytest.mark.parametrize("name", ["film", "encoder_mlp", "query"])
