@@ -49,14 +49,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from ofa.data_utils.boxes import grounding_hits, quantize  # noqa: E402
+from ofa.data_utils.formats import parse_answers  # noqa: E402
 from ofa.data_utils.images import decode_b64  # noqa: E402
 from ofa.data_utils.synth.breakdown import tsv_rows  # noqa: E402
 from ofa.data_utils.transforms import square_resize  # noqa: E402
 from ofa.model.resnet import TimmBackbone  # noqa: E402
+from main_job import RECIPE  # noqa: E402  (scripts/main_job.py)
 
 NUM_BINS, IMAGE, WIDTH = 32, 64, 128
 BUDGET = dict(batch=32, lr=1e-3, warmup=25, weight_decay=0.01, clip=1.0, smoothing=0.1)
-UPDATES = {"box": 530, "vqa": 450, "snli_ve": 400}  # the main job's recipe
+# the main job's updates per task (grounding 530, VQA 450, entailment 400 as committed)
+UPDATES = {"box": RECIPE["refcoco"]["updates"], "vqa": RECIPE["vqa_gen"]["updates"],
+           "snli_ve": RECIPE["snli_ve"]["updates"]}
 ANSWER_ROWS = ("vqa", "snli_ve")
 
 
@@ -127,11 +131,7 @@ def load_answers(data: Path, task: str, split: str, vocab: Dict[str, int], label
         if len(fields) != 6:
             raise ValueError(f"{path}: row {row}: expected 6 columns, got {len(fields)}")
         if task == "vqa":
-            image, text = fields[5], fields[2]
-            gold = {}
-            for part in fields[3].split("&&"):
-                conf, _, answer = part.partition("|!+")
-                gold[answer] = float(conf)
+            image, text, gold = fields[5], fields[2], parse_answers(fields[3])
         else:
             image, text, gold = fields[2], fields[3], {fields[5]: 1.0}
         best = max(gold, key=gold.get)
