@@ -29,7 +29,9 @@ Models (128 wide; 2 + 2 pre-LN layers of 4 heads where they have layers):
   cross-attend to the encoder output; the place of what they attend to must travel in the attended
   tokens' values (their added position embeddings, std ``--query-pos-std``).
 
-Writes ``--json`` (e.g. bench/results/plain_baselines.json) with every run's test score and curve.
+Writes ``--json`` (e.g. bench/results/plain_baselines.json) with every run's test score and curve; answer
+rows are also scored per question / hypothesis kind (``by_kind``, the kinds the generator recorded in
+``scenes_test.jsonl``, as the main job's breakdown), printed under each run.
 """
 import argparse
 import json
@@ -37,7 +39,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -51,7 +53,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from ofa.data_utils.boxes import grounding_hits, quantize  # noqa: E402
 from ofa.data_utils.formats import parse_answers  # noqa: E402
 from ofa.data_utils.images import decode_b64  # noqa: E402
-from ofa.data_utils.synth.breakdown import tsv_rows  # noqa: E402
+from ofa.data_utils.synth.breakdown import per_kind, row_kinds, tsv_rows  # noqa: E402
 from ofa.data_utils.transforms import square_resize  # noqa: E402
 from ofa.model.resnet import TimmBackbone  # noqa: E402
 from main_job import RECIPE  # noqa: E402  (scripts/main_job.py)
@@ -67,11 +69,13 @@ ANSWER_ROWS = ("vqa", "snli_ve")
 @dataclass
 class Split:
     """``images [N,3,S,S]``, ``words [N,L]`` (0 = pad), ``targets [N,K]`` class ids (K = 4 bins or 1
-    answer) and ``gold``: ``[N,4]`` pixel boxes, or one ``{answer: confidence}`` per row."""
+    answer), ``gold``: ``[N,4]`` pixel boxes, or one ``{answer: confidence}`` per row, and ``ids``: the
+    rows' ids (first TSV column, for the per-kind scores)."""
     images: torch.Tensor
     words: torch.Tensor
     targets: torch.Tensor
     gold: Union[torch.Tensor, List[Dict[str, float]]]
+    ids: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -126,7 +130,7 @@ def load_answers(data: Path, task: str, split: str, vocab: Dict[str, int], label
     ``snli_ve_{split}.tsv`` (id, image id, image, hypothesis, caption, label); unseen answers get id 0
     (the row can still score where its gold answers include the predicted one)."""
     path = data / f"{task}_{split}.tsv"
-    images, texts, golds = [], [], []
+    images, texts, golds, ids = [], [], [], []
     for row, fields in enumerate(tsv_rows(path), 1):
         if len(fields) != 6:
             raise ValueError(f"{path}: row {row}: expected 6 columns, got {len(fields)}")
@@ -140,8 +144,9 @@ def load_answers(data: Path, task: str, split: str, vocab: Dict[str, int], label
         images.append(square_resize(decode_b64(image), IMAGE))
         texts.append(_word_ids(text, vocab, grow))
         golds.append(gold)
+        ids.append(fields[0])
     targets = torch.tensor([[labels.get(max(g, key=g.get), 0)] for g in golds])
-    return Split(torch.stack(images), _pad(texts), targets, golds)
+    return Split(torch.stack(images), _pad(texts), targets, golds, ids)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -233,6 +238,11 @@ def row_scores(logits: torch.Tensor, gold, answers: Optional[List[str]]) -> torc
 
 def score(model: nn.Module, split: Split, answers: Optional[List[str]], batch: int = 128) -> float:
     """Mean test score (Acc@0.5, VQA score or accuracy) over ``split``."""
+    return split_scores(model, split, answers, batch).mean().item()
+
+
+def split_scores(model: nn.Module, split: Split, answers: Optional[List[str]], batch: int = 128) -> torch.Tensor:
+    """``[N]`` per-row scores of ``model`` on ``split`` (``row_scores``)."""
     model.eval()
     scores = []
     with torch.no_grad():
@@ -240,7 +250,13 @@ def score(model: nn.Module, split: Split, answers: Optional[List[str]], batch: i
             logits = model(split.images[i:i + batch], split.words[i:i + batch])
             scores.append(row_scores(logits, split.gold[i:i + batch], answers))
     model.train()
-    return torch.cat(scores).mean().item()
+    return torch.cat(scores)
+
+
+def kind_scores(scores: torch.Tensor, ids: Sequence[str], kinds: Dict[str, str]) -> Dict[str, Dict[str, float]]:
+    """``{kind: {"n", "score"}}`` of per-row ``scores`` (``[N]``, rows ``ids``), kinds as the generator
+    recorded them (``breakdown.row_kinds``: question kind, or hypothesis kind with ``neutral``)."""
+    return per_kind({i: (float(v), "") for i, v in zip(ids, scores.tolist())}, lambda i, _text: kinds.get(i, "unknown"))
 
 
 def train(model: nn.Module, data: Split, valid: Split, answers: Optional[List[str]], updates: int, seed: int,
@@ -310,12 +326,19 @@ def main(argv: Sequence[str] = None) -> int:
             model = build(name, vocab_size, outputs, args.query_pos_std)
             t0 = time.perf_counter()
             curve = train(model, train_split, valid, answers, updates, args.seed)
+            test_scores = split_scores(model, test, answers)
             run = {"rows": rows, "model": name, "updates": updates, "train_rows": len(train_split),
-                   "test_rows": len(test), "test_score": round(score(model, test, answers), 4), "curve": curve,
+                   "test_rows": len(test), "test_score": round(test_scores.mean().item(), 4), "curve": curve,
                    "seconds": round(time.perf_counter() - t0, 1)}
+            if test.ids and (args.data / "scenes_test.jsonl").exists():
+                task = "vqa_gen" if rows == "vqa" else rows
+                run["by_kind"] = kind_scores(test_scores, test.ids, row_kinds(task, args.data / "scenes_test.jsonl"))
             result["runs"].append(run)
             print(f"{rows:10s} {name:12s} test {run['test_score']:.3f}  valid "
                   f"{' '.join(str(c['valid']) for c in curve)}  ({run['seconds']:.0f} s)", flush=True)
+            if "by_kind" in run:
+                print("    by kind: " + ", ".join(f"{k} {v['score']:.3f} (n {v['n']})" for k, v in run["by_kind"].items()),
+                      flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0

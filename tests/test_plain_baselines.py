@@ -37,6 +37,13 @@ def test_box_rows_score_official_acc_at_05_and_answer_rows_their_gold_confidence
     assert plain.row_scores(onehot([[1], [2]], 3), gold, answers).tolist() == pytest.approx([0.3, 0.0])
 
 
+def test_kind_scores_average_the_rows_of_each_recorded_kind(plain):
+    kinds = {"1": "exist", "2": "exist", "3": "color"}
+    got = plain.kind_scores(torch.tensor([1.0, 0.0, 0.5, 1.0]), ["1", "2", "3", "9"], kinds)
+    assert got == {"exist": {"n": 2, "score": 0.5}, "color": {"n": 1, "score": 0.5},
+                   "unknown": {"n": 1, "score": 1.0}}
+
+
 def test_runs_on_the_embedded_benchmark(plain, tmp_path, capsys):
     from ofa.data_utils.synth import main as synth_main
 
@@ -50,5 +57,10 @@ def test_runs_on_the_embedded_benchmark(plain, tmp_path, capsys):
     assert [(r["rows"], r["model"]) for r in runs] == [
         (rows, m) for rows in ("colour", "referring", "vqa", "snli_ve") for m in ("film", "encoder_mlp", "query")]
     assert all(0.0 <= r["test_score"] <= 1.0 and r["curve"][-1]["update"] == 2 for r in runs)
+    for r in runs:  # answer rows are also scored per question / hypothesis kind, over every test row
+        if r["rows"] in ("vqa", "snli_ve"):
+            assert sum(v["n"] for v in r["by_kind"].values()) == r["test_rows"] and "unknown" not in r["by_kind"]
+        else:
+            assert "by_kind" not in r
     assert (tmp_path / "plain_baselines" / "colour_data" / "refcoco_train.tsv").is_file()
     assert "snli_ve    query" in capsys.readouterr().out
