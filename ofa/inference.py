@@ -183,13 +183,9 @@ def _get_task(handle: InferenceHandle, task_name: str, task_over: Dict[str, Any]
 
         from .cli.evaluate import build_task_config
 
-        saved = handle.info.task
-        if saved.get("_name") not in (None, task_name):
-            # another task's candidate answers and generation settings (a box is 4 tokens...) do not fit
-            saved = {k: v for k, v in saved.items() if k != "ans2label_file" and not k.startswith("eval_")}
         cli = dict(task_over)
         cli["bpe_dir"] = task_over.get("bpe_dir") or _tokenizer_dir(handle)
-        cfg = build_task_config(task_name, saved, cli)
+        cfg = build_task_config(task_name, handle.info.task, cli)  # drops another task's eval_* / answers
         cfg.data = None
         task = TASK_REGISTRY[task_name].setup_task(cfg)
         task.generator = task.build_generator([handle.model])

@@ -118,6 +118,9 @@ def main(argv=None) -> int:
           "refcoco": ["--eval-beam", "1"]}  # the task decodes under its bins-only constraint
     for task, extra in zs.items():
         rdir = out / "zero_shot" / task
+        if args.keep and (rdir / "test_metrics.json").exists():
+            zero[task] = json.loads((rdir / "test_metrics.json").read_text())
+            continue
         cmd = [mj.tool("ofa-evaluate"), str(data / f"{mj.FILES[task]}_test.tsv"), "--path", str(ckpt),
                "--task", task, "--bpe-dir", str(tok), "--results-path", str(rdir), "--batch-size", "64", "--cpu",
                "--code-dict-size", str(mj.CODE_DICT_SIZE), "--num-bins", str(mj.NUM_BINS),

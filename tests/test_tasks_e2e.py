@@ -182,3 +182,19 @@ def test_layer_init_std_from_the_command_line_sets_the_fresh_models_layer_weight
     assert abs(model.encoder.layers[0].fc1.weight.std().item() - 0.5) < 0.05
     assert abs(model.encoder.pos_q_linear.weight.std().item() - 0.02) < 0.005
     assert safe_load(str(save / "checkpoint_last.pt"))["cfg"]["model"]["layer_init_std"] == 0.5
+
+
+def test_a_checkpoint_of_another_task_gives_no_generation_settings_or_answers():
+    """Zero-shot grounding from a unify checkpoint: a box is 4 tokens whatever the pretraining decoded."""
+    import ofa.tasks  # noqa: F401  (registers the tasks)
+    from ofa.cli.evaluate import build_task_config
+
+    saved = {"_name": "unify", "eval_min_len": 1, "eval_max_len_b": 16, "patch_image_size": 64, "num_bins": 32,
+             "ans2label_file": "pretraining_answers.json"}
+    cfg = build_task_config("refcoco", saved, {})
+    assert (cfg.eval_min_len, cfg.eval_max_len_b) == (4, 4)  # refcoco's own, not unify's
+    assert (cfg.patch_image_size, cfg.num_bins) == (64, 32)  # the model's input options still apply
+    assert build_task_config("vqa_gen", saved, {}).ans2label_file != "pretraining_answers.json"
+    # the same task's saved settings and the command line are kept
+    same = build_task_config("refcoco", {**saved, "_name": "refcoco", "eval_max_len_b": 5}, {"eval_min_len": 3})
+    assert (same.eval_min_len, same.eval_max_len_b) == (3, 5)

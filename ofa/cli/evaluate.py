@@ -40,10 +40,18 @@ def _task_options(parser: argparse.ArgumentParser, task_name: str):
 
 
 def build_task_config(task_name: str, saved: Dict[str, Any], cli: Dict[str, Any]):
-    """Task dataclass from its defaults, then the checkpoint's saved values, then the command line."""
+    """Task dataclass from its defaults, then the checkpoint's saved values, then the command line.
+
+    A checkpoint saved by another task (``saved["_name"]``, e.g. a ``unify`` pretraining checkpoint
+    evaluated zero-shot as ``refcoco``) gives no generation settings (``eval_*``: a box is exactly four
+    tokens, whatever the pretraining decoded) and no candidate answers (``ans2label_file``); its image,
+    tokenizer and vocabulary options still apply.
+    """
     from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
     dc = TASK_DATACLASS_REGISTRY[task_name]
+    if saved.get("_name") not in (None, task_name):
+        saved = {k: v for k, v in saved.items() if k != "ans2label_file" and not k.startswith("eval_")}
     def usable(v):  # saved values may hold unresolved OmegaConf interpolations
         return v is not None and not (isinstance(v, str) and "${" in v)
 
