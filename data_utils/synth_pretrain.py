@@ -6,7 +6,11 @@ negative-sample folder of ``unify`` (docs/tasks.md 3):
 - ``pretrain_vl.tsv``: ``caption`` rows (one per caption), ``qa`` rows (question; ``refs`` = the
   ``conf|!+answer`` annotator answers) and ``visual_grounding`` rows (``caption`` = the referring
   expression; ``refs`` = ``x0,y0,x1,y1``), ``gt_objects`` = the ``colour shape`` of every object,
-  ``dataset_name`` = ``synth``.
+  ``dataset_name`` = ``synth``. Besides the benchmark's kinds of question, ``--verify-per-scene N``
+  (default 0) GQA-style verification questions per scene (``dataset_name`` = ``synth_gqa``; "is there a red
+  circle?", "is the red circle large?", "is the red circle to the left of the blue square?", "are there
+  three shapes?"; yes and no in turn, ``language.verify_questions``), as the official mixture holds GQA
+  beside VQA v2.
 - ``pretrain_text.tsv``: the text corpus of these scenes plus the general facts.
 - ``pretrain_detection.tsv``: every visible object as ``x0,y0,x1,y1,cat_id,cat_name`` joined by
   ``&&`` (category ``colour shape``, id 1-based in ``class_names()``).
@@ -26,14 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from typing import Dict, List, Optional
 
-from .formats import get_schema
+from .formats import format_answers, get_schema
 from .images import decode_b64, encode_image
-from .synth.language import corpus_facts
+from .synth.language import corpus_facts, human_answers, pick_balanced, verify_questions
 from .synth.records import CLASS_INDEX, SynthConfig, make_record
-from .synth.splits import choose_held_out
+from .synth.scenes import Scene
+from .synth.splits import allowed_combos, choose_held_out, keep
 from .synth.vocab import answer_vocabulary, class_names
 from .synth.writer import _Sink
 
@@ -102,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=DEFAULT_OFFSET, help="index of the first scene")
     p.add_argument("--vqgan", default=None, help="folder (or file) of a VQGAN checkpoint for the image codes")
     p.add_argument("--code-image-size", type=int, default=128, help="centre side c; images are 2c x 2c")
+    p.add_argument("--verify-per-scene", type=int, default=0,
+                   help="GQA-style yes / no verification questions per scene (qa rows, dataset_name synth_gqa; 0: none)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -121,6 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     det = _Sink(out("pretrain_detection.tsv"), get_schema("pretrain_detection").columns)
     sinks = [vl, text, det]
     captions, n_scenes, counts = [], 0, {"caption": 0, "qa": 0, "visual_grounding": 0}
+    n_verify = 0
     try:
         for line in corpus_facts():
             text.write_row({"uniq_id": text.rows, "text": line})
@@ -140,6 +149,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 vl.write_row({**base, "uniq_id": f"qa{r['question_id']}", "question": r["question"],
                               "refs": r["answers"], "type": "qa"})
                 counts["qa"] += 1
+            for k, q in enumerate(_verify(rec, i, held, args)):
+                answers = format_answers(human_answers(q.answer, q.answer_kind, random.Random(f"{args.seed}/{i}/{k}")))
+                vl.write_row({**base, "uniq_id": f"vf{10 * i + k}", "question": q.text, "refs": answers, "type": "qa",
+                              "dataset_name": "synth_gqa"})
+                counts["qa"] += 1
+                n_verify += 1
             for r in rec.rows["refcoco"]:
                 vl.write_row({**base, "uniq_id": f"vg{r['uniq_id']}", "caption": r["text"], "refs": r["region_coord"],
                               "type": "visual_grounding"})
@@ -176,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "scenes_drawn": args.num_images, "train_scenes_kept": n_scenes, "held_out_combos": [list(c) for c in held],
         "files": {"pretrain_vl.tsv": vl.rows, "pretrain_text.tsv": text.rows, "pretrain_detection.tsv": det.rows,
                   "pretrain_image.tsv": image_rows},
-        "vl_rows_by_type": counts, "image_note": image_note,
+        "vl_rows_by_type": counts, "verify_questions": n_verify, "image_note": image_note,
         "policy": "only train-split scenes (no held-out colour-shape pair is shown or named)",
     }
     with open(out("pretrain_manifest.json"), "w", encoding="utf-8") as f:
@@ -187,6 +202,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         if image_note:
             print(image_note)
     return 0
+
+
+def _verify(rec, i: int, held, args):
+    """The scene's verification questions (its own random stream: the benchmark's rows stay as they are)."""
+    if args.verify_per_scene <= 0:
+        return []
+    scene = Scene.from_json(rec.scene)
+    rng = random.Random(f"verify/{args.seed}/{i}")
+    present = {o.combo for o in scene.objects}
+    absent = rng.sample([c for c in allowed_combos(rec.split, held) if c not in present], 3)
+    held_set = frozenset(held)
+    groups = {g: [q for q in qs if keep(q, rec.split, held_set, scene)]
+              for g, qs in verify_questions(scene, rng, absent).items()}
+    return pick_balanced(groups, rng, args.verify_per_scene)
 
 
 def _write_codes(args, held, path):

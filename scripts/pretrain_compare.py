@@ -56,6 +56,9 @@ def parse_args(argv=None):
                    help="finetuning updates = the main job's recipe updates times this (same in both arms)")
     p.add_argument("--tasks", default=",".join(mj.RECIPE))
     p.add_argument("--vqgan", default=None, help="VQGAN folder: adds image infilling to the mixture")
+    p.add_argument("--verify-per-scene", type=int, default=0,
+                   help="GQA-style yes / no verification questions per pretraining scene (ofa-data synth-pretrain "
+                        "--verify-per-scene; default 0). 6 made them a third of the V-L rows (README)")
     p.add_argument("--no-vl-augment", action="store_true",
                    help="pretrain without the official V-L image augmentation (RandomResize up to 1.25x + CenterCrop, "
                         "RandAugment), as the finetuning tasks see the scenes; its colour and geometry operations can "
@@ -89,6 +92,8 @@ def main(argv=None) -> int:
                str(size), "--seed", str(mj.DATA["seed"]), "--code-image-size", str(size // 2), "--quiet"]
         if args.vqgan:
             cmd += ["--vqgan", args.vqgan]
+        if args.verify_per_scene:
+            cmd += ["--verify-per-scene", str(args.verify_per_scene)]
         stages.run("synth_pretrain", cmd)
 
     # 3. pretraining
@@ -165,6 +170,7 @@ def main(argv=None) -> int:
               "pretrain_args": args.pretrain_arg,
               "vl_augment": "none" if args.no_vl_augment else "official",
               "pretrain_images_drawn": pre_images, "finetune_scale": args.finetune_scale,
+              "verify_per_scene": args.verify_per_scene,
               "vqgan": args.vqgan, "rows": rows, "zero_shot": zero, "pretrain_curve": pre_curve,
               "total_seconds": round(time.perf_counter() - t0, 1), "stage_seconds": stages.times}
     (out / "comparison.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -295,6 +295,76 @@ def question_candidates(scene: Scene, rng: random.Random, absent: Sequence[Combo
     return qs
 
 
+def verify_questions(scene: Scene, rng: random.Random, absent: Sequence[Combo]) -> Dict[str, List[Text]]:
+    """GQA-style verification questions (answer ``yes`` / ``no``) grouped by the judgement they need.
+
+    Pretraining only (``synth_pretrain``): the benchmark's VQA rows come from ``question_candidates``.
+    Each group holds both answers for the same kind of judgement, so a source that draws them evenly
+    is balanced:
+
+    - ``exist``: "is there a red circle?" (each object: yes; each ``absent`` pair: no);
+    - ``size``: "is the red circle large?" / "... small?" (phrases that do not use the size);
+    - ``relation``: "is the red circle to the left of the blue square?" (clear relations only: the true
+      word -> yes, its converse -> no; left / right and above / below);
+    - ``count``: "are there three shapes?" (the true number -> yes, a neighbour -> no).
+    """
+    objs, n = scene.objects, len(scene.objects)
+    qs: Dict[str, List[Text]] = {t: [] for t in ("exist", "size", "relation", "count")}
+    for k, o in enumerate(objs):
+        qs["exist"].append(_q(f"is there {article(o.color)} {o.color} {o.shape}?", "exist", [k], "yes", "yesno"))
+    for c, s in absent:
+        qs["exist"].append(_q(f"is there {article(c)} {c} {s}?", "exist", [], "no", "yesno"))
+    for k, o in enumerate(objs):
+        for p in unique_phrases(scene, k, avoid=("size",))[:2]:
+            for word in SIZES:
+                qs["size"].append(_q(f"is the {p} {word}?", "size", [k], "yes" if word == o.size else "no", "yesno"))
+    for a, A in enumerate(objs):
+        pa = unique_phrases(scene, a)
+        if not pa:
+            continue
+        for b, B in enumerate(objs):
+            pb = unique_phrases(scene, b)
+            if a == b or not pb:
+                continue
+            for holds, word, converse in ((left_of(scene, A, B), "to the left of", "to the right of"),
+                                          (above(scene, A, B), "above", "below")):
+                if holds:
+                    first, second = rng.choice(pa), rng.choice(pb)
+                    qs["relation"].append(_q(f"is the {first} {word} the {second}?", "relation", [a, b], "yes", "yesno"))
+                    qs["relation"].append(_q(f"is the {first} {converse} the {second}?", "relation", [a, b], "no",
+                                             "yesno"))
+    wrong = rng.choice([m for m in (n - 1, n + 1) if 1 <= m <= MAX_COUNT + 1])
+    how_many = lambda m: "is there one shape?" if m == 1 else f"are there {NUMBER_WORDS[m]} shapes?"  # noqa: E731
+    qs["count"].append(_q(how_many(n), "count", range(n), "yes", "yesno"))
+    qs["count"].append(_q(how_many(wrong), "count", range(n), "no", "yesno"))
+    return qs
+
+
+def pick_balanced(groups: Dict[str, List[Text]], rng: random.Random, k: int) -> List[Text]:
+    """Up to ``k`` questions, round-robin over the groups, alternating ``yes`` / ``no`` within each."""
+    pools = {}
+    for g, items in groups.items():
+        by = {"yes": [t for t in items if t.answer == "yes"], "no": [t for t in items if t.answer == "no"]}
+        for v in by.values():
+            rng.shuffle(v)
+        pools[g] = by
+    out: List[Text] = []
+    order = list(groups)
+    rng.shuffle(order)
+    want = {g: rng.choice(("yes", "no")) for g in order}
+    while len(out) < k and any(p["yes"] or p["no"] for p in pools.values()):
+        for g in order:
+            p = pools[g]
+            first = want[g]
+            pick = p[first] or p["no" if first == "yes" else "yes"]
+            if pick:
+                out.append(pick.pop())
+                want[g] = "no" if out[-1].answer == "yes" else "yes"
+            if len(out) == k:
+                break
+    return out
+
+
 _WRONG_POOLS = {"color": COLOR_NAMES, "shape": SHAPES, "yesno": ("yes", "no")}
 _SIDE_PAIRS = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 _SIDE_SYNONYMS = {"left": "left side", "right": "right side", "top": "up", "bottom": "down"}

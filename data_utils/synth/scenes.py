@@ -77,6 +77,17 @@ class Scene:
         return {"width": self.width, "height": self.height, "background": self.background, "main": self.main,
                 "objects": [o.to_json() for o in self.objects]}
 
+    @classmethod
+    def from_json(cls, d: Dict) -> "Scene":
+        """The scene that ``to_json`` wrote, as far as the texts need it (attributes and visible boxes;
+        colour values and the drawn centres / extents are taken from the boxes, so it cannot be re-rendered)."""
+        objs = []
+        for o in d["objects"]:
+            x0, y0, x1, y1 = o["box"]
+            objs.append(Obj(o["color"], o["shape"], o["size"], (0, 0, 0), (x0 + x1) / 2.0, (y0 + y1) / 2.0,
+                            float(max(x1 - x0, y1 - y0)), tuple(o["box"]), o.get("area", 0), o.get("visible", 1.0)))
+        return cls(d["width"], d["height"], d["background"], objs, d.get("main", 0))
+
 
 # ---------------------------------------------------------------------------------------------- shapes
 
