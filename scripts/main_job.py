@@ -25,8 +25,8 @@ Stages (each one a subprocess of the installed command-line tools next to ``sys.
                             SCST before / after comparison)
 
 Outputs under ``--out``: ``metrics.json`` (test metrics, targets, per-stage wall time; for VQA, entailment
-and grounding also the score per question kind, hypothesis kind and expression form, ``by_kind``; for
-grounding what its boxes hit, ``anatomy``, and how often an image's expressions all got one box, ``same_box``),
+and grounding also the score per question kind, hypothesis kind and expression form, ``by_kind``; for VQA's
+yes / no kinds and entailment the true -> predicted answer counts, ``answers``; for grounding what its boxes hit, ``anatomy``, and how often an image's expressions all got one box, ``same_box``),
 ``learning_curves.json`` (per task: update -> train loss, and the validation metric of every
 validation), ``learning_curves.csv`` / ``learning_curves.txt`` (a compact summary), and per task its
 checkpoint folder, training log and evaluation results.
@@ -53,7 +53,7 @@ from typing import Any, Dict, List, Optional, Tuple
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data_utils.synth.breakdown import TSV_NAME, breakdown, grounding_anatomy, same_box_share  # noqa: E402  (torch only when called)
+from data_utils.synth.breakdown import TSV_NAME, answer_table, breakdown, grounding_anatomy, same_box_share  # noqa: E402  (torch only when called)
 
 # ----------------------------------------------------------------------------------------- the recipe
 # The model: OFA's layout (pre-LN encoder-decoder, shared embeddings, relative position biases) at a
@@ -460,6 +460,8 @@ def main(argv=None) -> int:
             res[split] = json.loads((rdir / "test_metrics.json").read_text())
             if task in TSV_NAME and (data / f"scenes_{split}.jsonl").exists():
                 res[split]["by_kind"] = breakdown(task, rdir / "test_predict.json", data, split)
+                if task in ("vqa_gen", "snli_ve"):
+                    res[split]["answers"] = answer_table(task, rdir / "test_predict.json", data, split)
                 if task == "refcoco":
                     res[split]["anatomy"] = grounding_anatomy(rdir / "test_predict.json",
                                                               data / f"{FILES[task]}_{split}.tsv",

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from ofa.data_utils.synth import main as synth_main
-from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, breakdown, expression_form, grounding_anatomy, per_kind,
-                                            row_kinds, same_box_share)
+from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, answer_table, breakdown, expression_form, grounding_anatomy,
+                                            per_kind, row_kinds, same_box_share)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,27 @@ def test_vqa_breakdown_uses_the_recorded_kinds_and_the_confidence_weighted_score
     assert all(v["score"] == 1.0 for v in got.values())
     wrong = _write(tmp_path / "wrong.json", [{"question_id": r[0], "answer": "no such answer"} for r in rows])
     assert all(v["score"] == 0.0 for v in breakdown("vqa_gen", wrong, bench, "test").values())
+
+
+def test_answer_table_shows_a_model_that_always_says_no(bench, tmp_path):
+    rows = _rows(bench / "vqa_test.tsv")
+    kinds = row_kinds("vqa_gen", bench / "scenes_test.jsonl")
+    top = {r[0]: max(r[3].split("&&"), key=lambda a: float(a.split("|!+")[0])).split("|!+")[1] for r in rows}
+    pred = _write(tmp_path / "no.json", [{"question_id": r[0], "answer": "no"} for r in rows])
+    got = answer_table("vqa_gen", pred, bench, "test")
+    yes_no = {k for k in set(kinds[r[0]] for r in rows) if all(top[r[0]] in ("yes", "no") for r in rows if kinds[r[0]] == k)}
+    assert set(got) == yes_no and "exist" in got and "color" not in got
+    for kind, cells in got.items():
+        mine = [r for r in rows if kinds[r[0]] == kind]
+        assert cells == {f"{t}->no": n for t in ("no", "yes") if (n := sum(top[r[0]] == t for r in mine))}
+    snli = _rows(bench / "snli_ve_test.tsv")
+    pred = _write(tmp_path / "maybe.json", [{"uniq_id": r[0], "answer": "maybe"} for r in snli])
+    table = answer_table("snli_ve", pred, bench, "test")
+    assert sum(n for cells in table.values() for n in cells.values()) == len(snli)
+    assert all(cell.endswith("->maybe") for cells in table.values() for cell in cells)
+    assert table["neutral"] == {"maybe->maybe": sum(r[-1] == "neutral" for r in snli)}
+    with pytest.raises(ValueError, match="refcoco"):
+        answer_table("refcoco", pred, bench, "test")
 
 
 def test_entailment_breakdown_scores_the_label_per_hypothesis_kind(bench, tmp_path):

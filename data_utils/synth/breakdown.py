@@ -180,3 +180,34 @@ def same_box_share(predict_json: Path, tsv: Path) -> Dict[str, float]:
     multi = [rows for rows in by_image.values() if len({gold for gold, _ in rows}) > 1]
     same = sum(len({p for _, p in rows}) == 1 for rows in multi)
     return {"images": len(multi), "same_box": round(same / len(multi), 4) if multi else 0.0}
+
+
+def answer_table(task: str, predict_json: Path, data_dir: Path, split: str) -> Dict[str, Dict[str, int]]:
+    """Which answer each kind got, against the true one: ``kind -> {"TRUE->PREDICTED": rows}``.
+
+    Shows a model that answers from the prior: VQA existence questions all answered "no" give only
+    ``"yes->no"`` and ``"no->no"``. VQA: the kinds whose true answers (the most confident) are all yes / no;
+    entailment: every kind, the true answer being ``yes`` / ``no`` / ``maybe`` for entailment /
+    contradiction / neutral.
+    """
+    if task not in ("vqa_gen", "snli_ve"):
+        raise ValueError(f"no answer table for task {task!r}; tasks: vqa_gen, snli_ve")
+    data_dir = Path(data_dir)
+    kinds = row_kinds(task, data_dir / f"scenes_{split}.jsonl")
+    pred = predictions(Path(predict_json), "question_id" if task == "vqa_gen" else "uniq_id")
+    table: Dict[str, Dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    other = set()
+    for f in tsv_rows(data_dir / f"{TSV_NAME[task]}_{split}.tsv"):
+        if f[0] not in pred:
+            continue
+        if task == "vqa_gen":
+            refs = {a.split("|!+", 1)[1]: float(a.split("|!+", 1)[0]) for a in f[3].split("&&")}
+            truth = max(refs, key=refs.get)
+        else:
+            truth = SNLI_ANSWER[f[-1]]
+        kind = kinds.get(f[0], "unknown")
+        if task == "vqa_gen" and truth not in ("yes", "no"):
+            other.add(kind)
+        table[kind][f"{truth}->{pred[f[0]]['answer']}"] += 1
+    return {k: dict(sorted(v.items())) for k, v in sorted(table.items()) if k not in other}
+
