@@ -26,7 +26,8 @@ Stages (each one a subprocess of the installed command-line tools next to ``sys.
 
 Outputs under ``--out``: ``metrics.json`` (test metrics, targets, per-stage wall time; for VQA, entailment
 and grounding also the score per question kind, hypothesis kind and expression form, ``by_kind``; for VQA's
-yes / no kinds and entailment the true -> predicted answer counts, ``answers``; for grounding what its boxes hit, ``anatomy``, and how often an image's expressions all got one box, ``same_box``),
+yes / no kinds and entailment the true -> predicted answer counts, ``answers``; for grounding what its boxes
+hit, ``anatomy``, and how often an image's expressions all got one box, ``same_box``),
 ``learning_curves.json`` (per task: update -> train loss, and the validation metric of every
 validation), ``learning_curves.csv`` / ``learning_curves.txt`` (a compact summary), and per task its
 checkpoint folder, training log and evaluation results.

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
+from ..formats import parse_answers
 from .vocab import COLOR_NAMES, SHAPES, SIZES
 
 TSV_NAME = {"vqa_gen": "vqa", "snli_ve": "snli_ve", "refcoco": "refcoco"}  # benchmark file per task
@@ -68,8 +69,7 @@ def row_scores(task: str, predict_json: Path, tsv: Path) -> Dict[str, Tuple[floa
         pred = predictions(predict_json, "question_id")
         for f in tsv_rows(tsv):
             if f[0] in pred:
-                refs = {a.split("|!+", 1)[1]: float(a.split("|!+", 1)[0]) for a in f[3].split("&&")}
-                out[f[0]] = (refs.get(pred[f[0]]["answer"], 0.0), f[2])
+                out[f[0]] = (parse_answers(f[3]).get(pred[f[0]]["answer"], 0.0), f[2])
     elif task == "snli_ve":
         pred = predictions(predict_json, "uniq_id")
         for f in tsv_rows(tsv):
@@ -201,7 +201,7 @@ def answer_table(task: str, predict_json: Path, data_dir: Path, split: str) -> D
         if f[0] not in pred:
             continue
         if task == "vqa_gen":
-            refs = {a.split("|!+", 1)[1]: float(a.split("|!+", 1)[0]) for a in f[3].split("&&")}
+            refs = parse_answers(f[3])
             truth = max(refs, key=refs.get)
         else:
             truth = SNLI_ANSWER[f[-1]]
@@ -210,4 +210,3 @@ def answer_table(task: str, predict_json: Path, data_dir: Path, split: str) -> D
             other.add(kind)
         table[kind][f"{truth}->{pred[f[0]]['answer']}"] += 1
     return {k: dict(sorted(v.items())) for k, v in sorted(table.items()) if k not in other}
-
