@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from ofa.data_utils.formats import parse_answers
 from ofa.data_utils.synth import main as synth_main
 from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, answer_table, breakdown, expression_form, grounding_anatomy,
                                             per_kind, row_kinds, same_box_share)
@@ -59,7 +60,7 @@ def test_vqa_breakdown_uses_the_recorded_kinds_and_the_confidence_weighted_score
 def test_answer_table_shows_a_model_that_always_says_no(bench, tmp_path):
     rows = _rows(bench / "vqa_test.tsv")
     kinds = row_kinds("vqa_gen", bench / "scenes_test.jsonl")
-    top = {r[0]: max(r[3].split("&&"), key=lambda a: float(a.split("|!+")[0])).split("|!+")[1] for r in rows}
+    top = {r[0]: max(refs, key=refs.get) for r in rows for refs in [parse_answers(r[3])]}
     pred = _write(tmp_path / "no.json", [{"question_id": r[0], "answer": "no"} for r in rows])
     got = answer_table("vqa_gen", pred, bench, "test")
     yes_no = {k for k in set(kinds[r[0]] for r in rows) if all(top[r[0]] in ("yes", "no") for r in rows if kinds[r[0]] == k)}

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from ofa.data_utils.formats import parse_answers
-from ofa.data_utils.synth.language import NUMBER_WORDS, pick_balanced, unique_phrases, verify_questions
+from ofa.data_utils.synth.language import NUMBER_WORDS, REL_MARGIN, pick_balanced, unique_phrases, verify_questions
 from ofa.data_utils.synth.records import SynthConfig, make_record
 from ofa.data_utils.synth.scenes import Scene
 from ofa.data_utils.synth.splits import allowed_combos, choose_held_out
@@ -65,7 +65,7 @@ def test_verification_answers_agree_with_the_scene():
                     word = next(w for w in RELATIONS if f" {w} the " in q.text)
                     first, second = q.text[len("is the "):-1].split(f" {word} the ")
                     a, b = [objs[who[p]] for p in (first, second)]
-                    holds = RELATIONS[word](center(a), center(b), 0.12 * scene.width)
+                    holds = RELATIONS[word](center(a), center(b), REL_MARGIN * min(scene.width, scene.height))
                     assert holds == truth, q.text
                 elif kind == "count":
                     number = q.text.split()[2]
