@@ -1,8 +1,10 @@
-"""Install the OFA fairseq plugin.
+"""Install the OFA fairseq plugin and its embedded benchmark.
 
-The distribution is ``ofa-fairseq`` (PyPI's ``ofa`` is an unrelated project); it installs the
-import package ``ofa`` plus the top-level ``tasks``, ``criterions`` and ``data_utils`` folders under
-``ofa.tasks``, ``ofa.criterions`` and ``ofa.data_utils``.
+The distribution is ``ofa-fairseq`` (PyPI's ``ofa`` is an unrelated project). It installs two import
+packages: ``ofa``, the product, with the top-level ``tasks``, ``criterions`` and ``data_utils`` folders
+mapped to ``ofa.tasks``, ``ofa.criterions`` and ``ofa.data_utils``; and ``ofa_synth``, the embedded
+benchmark and its main job (``ofa-synth``), which ``ofa`` never imports. ``experiments/`` and ``bench/``
+are not installed.
 """
 from setuptools import setup
 
@@ -11,8 +13,8 @@ setup(
     version="0.1.0",
     description="OFA (One For All) unified vision-language seq2seq model as a fairseq plugin",
     python_requires=">=3.9",
-    packages=["ofa", "ofa.model", "ofa.generate", "ofa.cli", "ofa.metrics", "ofa.tasks", "ofa.criterions", "ofa.data_utils",
-              "ofa.data_utils.synth", "ofa.data_utils.converters", "ofa.vqgan"],
+    packages=["ofa", "ofa.model", "ofa.generate", "ofa.cli", "ofa.metrics", "ofa.vqgan", "ofa.tasks", "ofa.criterions",
+              "ofa.data_utils", "ofa.data_utils.converters", "ofa_synth"],
     package_dir={"ofa.tasks": "tasks", "ofa.criterions": "criterions", "ofa.data_utils": "data_utils"},
     install_requires=[
         # pip takes torch 2.14.1 / torchvision 0.29.1 from local disk here; newer pairs also work
@@ -30,7 +32,10 @@ setup(
         "pyyaml>=5.4",  # VQGAN yaml configs
         "nltk>=3.8",  # Porter stemmer of the official Gigaword ROUGE
     ],
-    extras_require={"test": ["pytest>=7", "rouge-score>=0.1.2"]},  # ROUGE parity test
+    extras_require={
+        "synth": ["matplotlib>=3.5"],  # the main job's figures (learning curves, predictions on test images)
+        "test": ["pytest>=7", "rouge-score>=0.1.2"],  # rouge-score: the ROUGE parity test
+    },
     entry_points={
         "console_scripts": [
             "ofa-tokenizer=ofa.tokenizer:main",
@@ -40,6 +45,7 @@ setup(
             "ofa-checkpoints=ofa.hub:main",
             "ofa-predict=ofa.cli.predict:main",
             "ofa-vqgan=ofa.vqgan.cli:main",
+            "ofa-synth=ofa_synth.cli:main",
         ]
     },
 )

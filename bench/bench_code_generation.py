@@ -11,17 +11,12 @@ bins): the speed does not depend on what the weights say. Greedy decoding restri
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from ofa.generate import SequenceGenerator  # noqa: E402
-from ofa.model import OFAModel, config_for_arch  # noqa: E402
+from ofa.generate import SequenceGenerator
+from ofa.model import OFAModel, config_for_arch
 
 
 def dummy_dictionary(num_text: int = 40, codes: int = 8192, bins: int = 1000):

@@ -50,7 +50,7 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="ofa-bench-")
     data = args.data
     if data is None:
-        from ofa.data_utils.synth import main as synth_main
+        from ofa_synth.writer import main as synth_main
 
         data = os.path.join(work, "synth")
         synth_main([data, "--num-images", str(args.num_images), "--image-size", str(args.image_size), "--seed", "0"])

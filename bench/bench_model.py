@@ -2,10 +2,10 @@
 
 Prints numbers; it is not a test. Run from the repository root:
 
-    .venv/bin/python bench/bench_model.py --archs ofa_tiny ofa_base
+    .venv/bin/python bench/bench_model.py --archs ofa_tiny ofa_base --bpe-dir path/to/ofa_bpe
 
-Options: --bpe-dir (default ../shared/ofa_bpe from the repo root), --batch-size, --image-size,
---train-steps, --gen-len, --gen-batch, --gen-repeats, --beam, --threads, --json PATH.
+Options: --bpe-dir (the GPT-2 BPE folder: dict.txt, encoder.json, vocab.bpe; default $OFA_BPE_DIR),
+--batch-size, --image-size, --train-steps, --gen-len, --gen-batch, --gen-repeats, --beam, --threads, --json PATH.
 """
 from __future__ import annotations
 
@@ -19,11 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from ofa.checkpoint import build_model_for_arch  # noqa: E402
-from ofa.generate import SequenceGenerator  # noqa: E402
+from ofa.checkpoint import build_model_for_arch
+from ofa.generate import SequenceGenerator
 
 SRC_LEN, TGT_LEN, VOCAB_HI = 16, 12, 50000
 
@@ -93,7 +90,7 @@ def bench_generate(model, dictionary, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["ofa_tiny", "ofa_base"])
-    p.add_argument("--bpe-dir", default=os.path.join(REPO, "..", "shared", "ofa_bpe"))
+    p.add_argument("--bpe-dir", default=os.environ.get("OFA_BPE_DIR"), help="GPT-2 BPE folder (default $OFA_BPE_DIR)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--train-steps", type=int, default=2, help="timed steps after 1 warm-up")
@@ -106,6 +103,8 @@ def main():
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
 
+    if not args.bpe_dir:
+        sys.exit("error: pass --bpe-dir DIR (dict.txt, encoder.json, vocab.bpe) or set OFA_BPE_DIR")
     bpe_dir = os.path.normpath(args.bpe_dir)
     if not os.path.isdir(bpe_dir):
         sys.exit(f"error: BPE folder not found: {bpe_dir} (pass --bpe-dir DIR with dict.txt, encoder.json, vocab.bpe)")

@@ -21,8 +21,8 @@ import time
 import torch
 
 from ofa.cli.common import setup
-from ofa.cli.evaluate import build_task_config
 from ofa.model import OFAModel, config_for_arch
+from ofa.task_config import build_task_config
 
 TASKS = {"caption": "caption", "refcoco": "refcoco", "vqa_gen": "vqa", "snli_ve": "snli_ve",
          "image_classify": "image_classify"}
@@ -106,8 +106,8 @@ def main(argv=None):
     torch.manual_seed(0)
     data = args.data
     if data is None:
-        from ofa.data_utils.synth import main as synth_main
         from ofa.tokenizer import train_sentencepiece
+        from ofa_synth.writer import main as synth_main
 
         data = os.path.join(tempfile.mkdtemp(prefix="ofa-bench-"), "synth")
         synth_main([data, "--num-images", "120", "--image-size", str(args.image_size), "--seed", "0"])

@@ -31,7 +31,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from .losses import drop_worst, label_smoothed_nll_loss, mask_logits, parse_constraint_range, symmetric_kl
+from ofa.criterions.losses import drop_worst, label_smoothed_nll_loss, mask_logits, parse_constraint_range, symmetric_kl
 
 RDROP_KEYS = ("target", "conf", "constraint_masks")
 

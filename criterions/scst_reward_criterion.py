@@ -2,8 +2,10 @@
 
 Mirrors the official ``criterions/scst_loss.py``:
 
-1. with the model in eval mode, ``task.scst_generator`` (built by the caption task's ``--scst``) decodes
-   every image; **all** beam hypotheses of an image are its K samples;
+1. with the model in eval mode, a beam search decodes every image (``--scst-beam`` hypotheses, at most
+   ``--scst-max-len-b`` tokens, ``--scst-no-repeat-ngram-size`` blocking; the generator comes from the
+   task's ``build_generator``, so the task's own constraints apply); **all** beam hypotheses of an image
+   are its K samples;
 2. hypotheses and references are normalised for the reward (strip, remove punctuation, drop a final
    ``.``, append ``" <eos>"`` as the official cached document frequencies expect) and scored with
    CIDEr-D (``ofa.metrics.cider``);
@@ -15,9 +17,12 @@ Mirrors the official ``criterions/scst_loss.py``:
 Without ``--scst-cider-cached-tokens`` the document frequencies come from the references of the
 batch (one document per image). The logged ``loss`` is per token (or sentence) in nats, as the
 official criterion logs it; ``score`` is the mean CIDEr-D of the samples.
+
+The criterion asks of its task only what every OFA task has: ``build_generator(models, **options)``,
+``tokenizer.decode(tokens)`` and ``target_dictionary``; references come from ``sample["refs"]`` (or the
+``&&``-joined target).
 """
 
-import string
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,19 +36,8 @@ from fairseq.logging import metrics
 from omegaconf import II
 from torch import Tensor
 
-from ofa.metrics.cider import CiderD, build_document_frequency, load_document_frequency
-
-from .losses import leave_one_out_advantage, mask_logits, parse_constraint_range, scst_loss
-
-_PUNCT = str.maketrans({c: None for c in string.punctuation})
-
-
-def normalize_for_reward(text: str) -> str:
-    """Official ``_wrap_sentence(s.strip().translate(no_punct))``: ``"A dog, running." -> "A dog running <eos>"``."""
-    r = text.strip().translate(_PUNCT).strip()
-    if r.endswith("."):
-        r = r[:-1]
-    return r + " <eos>"
+from ofa.criterions.losses import leave_one_out_advantage, mask_logits, parse_constraint_range, scst_loss
+from ofa.metrics.cider import CiderD, build_document_frequency, load_document_frequency, normalize_for_reward
 
 
 @dataclass
@@ -51,6 +45,9 @@ class ScstRewardCriterionConfig(FairseqDataclass):
     scst_cider_cached_tokens: Optional[str] = field(
         default=None, metadata={"help": "pickle of CIDEr document frequencies (official coco-train-words.p); "
                                         "default: frequencies of each batch's references"})
+    scst_beam: int = field(default=5, metadata={"help": "hypotheses sampled per image (beam size)"})
+    scst_max_len_b: int = field(default=16, metadata={"help": "max generated length of a hypothesis"})
+    scst_no_repeat_ngram_size: int = field(default=3, metadata={"help": "n-gram blocking of the hypotheses"})
     ignore_prefix_size: int = field(default=0, metadata={"help": "ignore the first N target positions in the loss"})
     sentence_avg: bool = II("optimization.sentence_avg")
     constraint_range: Optional[str] = field(
@@ -61,9 +58,12 @@ class ScstRewardCriterionConfig(FairseqDataclass):
 class ScstRewardCriterion(FairseqCriterion):
     CIDER_REWARD_WEIGHT = 1.0
 
-    def __init__(self, task, sentence_avg, scst_cider_cached_tokens=None, ignore_prefix_size=0,
-                 constraint_range=None):
+    def __init__(self, task, sentence_avg, scst_cider_cached_tokens=None, scst_beam=5, scst_max_len_b=16,
+                 scst_no_repeat_ngram_size=3, ignore_prefix_size=0, constraint_range=None):
         super().__init__(task)
+        self.generator_options = dict(beam_size=scst_beam, max_len_b=scst_max_len_b,
+                                      no_repeat_ngram_size=scst_no_repeat_ngram_size, min_len=1, max_len_a=0.0)
+        self.generator = None  # built from the task on the first batch
         self.sentence_avg = sentence_avg
         self.ignore_prefix_size = ignore_prefix_size
         self.constraint_range = parse_constraint_range(constraint_range)
@@ -77,10 +77,12 @@ class ScstRewardCriterion(FairseqCriterion):
     # ------------------------------------------------------------------ pieces
     def generate(self, model, sample) -> List[List[Tensor]]:
         """Per image, the hypothesis tokens of every beam, without eos and padding."""
-        generator = getattr(self.task, "scst_generator", None)
-        if generator is None:
-            raise RuntimeError("scst_reward_criterion needs task.scst_generator: train with the caption task's "
-                               "--scst flag (it builds the generator the hypotheses are sampled from)")
+        if self.generator is None:
+            if not callable(getattr(self.task, "build_generator", None)):
+                raise RuntimeError(f"scst_reward_criterion samples through its task's build_generator(models, "
+                                   f"**options); the task {type(self.task).__name__} has none")
+            self.generator = self.task.build_generator([model], **self.generator_options)
+        generator = self.generator
         net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
         model.eval()
         with torch.no_grad():

@@ -17,7 +17,7 @@ import argparse
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
-from .errors import DataError
+from ofa.data_utils.errors import DataError
 
 
 def references_by_image(paths: Sequence[str], image_col: int = 1, caption_col: int = 2) -> Dict[str, List[str]]:
@@ -40,9 +40,8 @@ def references_by_image(paths: Sequence[str], image_col: int = 1, caption_col: i
 
 
 def main(argv=None) -> int:
-    from ofa.criterions.scst_reward_criterion import normalize_for_reward
     from ofa.io_utils import atomic_output
-    from ofa.metrics.cider import build_document_frequency, save_document_frequency
+    from ofa.metrics.cider import build_document_frequency, normalize_for_reward, save_document_frequency
 
     p = argparse.ArgumentParser(prog="ofa-data cider-df", description=__doc__.split("\n\n")[0])
     p.add_argument("tsv", nargs="+", help="caption TSV file(s) of the training split")

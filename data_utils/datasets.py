@@ -28,12 +28,20 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
-from .boxes import box_to_bin_string
-from .errors import DataError
-from .formats import parse_answers, parse_box
-from .images import decode_b64, decode_bytes
-from .text import pre_caption, pre_question, strip_punctuation
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, MEAN, STD, grounding_resize, square_resize, train_augment
+from ofa.data_utils.boxes import box_to_bin_string
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import parse_answers, parse_box
+from ofa.data_utils.images import decode_b64, decode_bytes
+from ofa.data_utils.text import pre_caption, pre_question, strip_punctuation
+from ofa.data_utils.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MEAN,
+    STD,
+    grounding_resize,
+    square_resize,
+    train_augment,
+)
 
 
 @dataclass

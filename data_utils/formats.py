@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple, Union
 
-from .errors import DataError
+from ofa.data_utils.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ from typing import Optional
 
 import numpy as np
 
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import get_schema
+from ofa.data_utils.images import b64_to_bytes
+from ofa.data_utils.readers import TSVReader
+from ofa.data_utils.tsv_writer import write_tsv
 from ofa.io_utils import atomic_output
-
-from .errors import DataError
-from .formats import get_schema
-from .images import b64_to_bytes
-from .readers import TSVReader
-from .tsv_writer import write_tsv
 
 CHUNK = 1024
 

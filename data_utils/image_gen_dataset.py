@@ -23,11 +23,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ofa.vqgan import codes as vqgan_codes
-
-from .datasets import DataConfig, OFADataset
-from .errors import DataError
-from .text import pre_caption
+from ofa.data_utils import codes as code_text
+from ofa.data_utils.datasets import DataConfig, OFADataset
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.text import pre_caption
 
 PROMPT = " what is the complete image? caption: {}"
 
@@ -44,8 +43,8 @@ class ImageGenDataConfig(DataConfig):
 def parse_codes(text: str, expected: int, vocab_size: int) -> torch.Tensor:
     """``"3 17 5 ..."`` -> LongTensor ``[expected]``; ``DataError`` (field ``code``) when malformed."""
     try:
-        return torch.tensor(vqgan_codes.parse_codes(text, expected, vocab_size), dtype=torch.long)
-    except vqgan_codes.CodeError as e:
+        return torch.tensor(code_text.parse_codes(text, expected, vocab_size), dtype=torch.long)
+    except code_text.CodeError as e:
         raise DataError(str(e), field="code") from None
 
 

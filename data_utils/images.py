@@ -13,7 +13,7 @@ from typing import Optional
 
 from PIL import Image
 
-from .errors import DataError
+from ofa.data_utils.errors import DataError
 
 MAX_PIXELS = 89_478_485  # PIL's own default bomb threshold (about 0.25 GB of RGB)
 

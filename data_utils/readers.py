@@ -26,8 +26,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import DataError
-from .formats import Schema, get_schema, resolve_columns
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import Schema, get_schema, resolve_columns
+from ofa.io_utils import write_atomic
 
 Column = Union[str, int]
 
@@ -152,10 +153,7 @@ class TSVReader(_Sharded):
                 pos += len(line)
         arr = np.asarray(offsets, dtype=np.int64)
         if use_cache:
-            tmp = cache + ".partial"
-            with open(tmp, "wb") as f:
-                pickle.dump({"size": stat.st_size, "mtime": stat.st_mtime_ns, "offsets": arr}, f)
-            os.replace(tmp, cache)
+            write_atomic(cache, pickle.dumps({"size": stat.st_size, "mtime": stat.st_mtime_ns, "offsets": arr}))
         return arr
 
     def _file(self):

@@ -33,11 +33,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from .datasets import DataConfig, OFADataset
-from .errors import DataError
-from .formats import Schema
-from .noising import span_mask
-from .text import pre_caption
+from ofa.data_utils.datasets import DataConfig, OFADataset
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import Schema
+from ofa.data_utils.noising import span_mask
+from ofa.data_utils.text import pre_caption
 
 # the official SST-2 and MRPC / MNLI layouts; CoLA, QNLI, RTE and QQP files load with --selected-cols
 GLUE_SINGLE = Schema("glue_single", ("sentence", "label"), image_columns=())

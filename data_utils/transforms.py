@@ -15,11 +15,10 @@ from typing import Tuple
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as TF
-from torchvision.transforms import v2
 
-from .boxes import Box
+from ofa.data_utils.boxes import Box
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)

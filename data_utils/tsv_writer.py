@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence, Union
 
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import Schema
 from ofa.io_utils import atomic_output
-
-from .errors import DataError
-from .formats import Schema
 
 Row = Union[Sequence[str], Mapping[str, str]]
 

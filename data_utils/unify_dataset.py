@@ -73,16 +73,23 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .boxes import quantize
-from .datasets import OFADataset
-from .errors import DataError
-from .formats import parse_answers, parse_box
-from .noising import span_mask
-from .pretrain_transforms import (apply_seeded, center_crop, hflip, large_scale_jitter, object_center_crop,
-                                  official_rand_augment, random_resize)
-from .text import pre_caption, pre_question
-from .text_datasets import TextDataConfig, word_start_flags
-from .transforms import square_resize, to_tensor
+from ofa.data_utils.boxes import quantize
+from ofa.data_utils.datasets import OFADataset
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import parse_answers, parse_box
+from ofa.data_utils.noising import span_mask
+from ofa.data_utils.pretrain_transforms import (
+    apply_seeded,
+    center_crop,
+    hflip,
+    large_scale_jitter,
+    object_center_crop,
+    official_rand_augment,
+    random_resize,
+)
+from ofa.data_utils.text import pre_caption, pre_question
+from ofa.data_utils.text_datasets import TextDataConfig, word_start_flags
+from ofa.data_utils.transforms import square_resize, to_tensor
 
 logger = logging.getLogger(__name__)
 

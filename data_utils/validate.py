@@ -11,13 +11,12 @@ import argparse
 import sys
 from typing import Callable, Dict, Iterator, List, Optional
 
-from ofa.vqgan.codes import CodeError, code_grid, parse_codes
-
-from .datasets import SNLI_LABELS
-from .errors import DataError
-from .formats import Schema, get_schema, parse_answers, parse_box
-from .images import MAX_PIXELS, b64_to_bytes, decode_bytes
-from .readers import open_reader
+from ofa.data_utils.codes import CodeError, code_grid, parse_codes
+from ofa.data_utils.datasets import SNLI_LABELS
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import Schema, get_schema, parse_answers, parse_box
+from ofa.data_utils.images import MAX_PIXELS, b64_to_bytes, decode_bytes
+from ofa.data_utils.readers import open_reader
 
 REQUIRED = {"uniq_id", "question_id", "caption", "text", "question", "hypothesis", "label_name", "code"}
 

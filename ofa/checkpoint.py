@@ -26,16 +26,16 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .io_utils import atomic_output
-from .model.config import OFAModelConfig, config_for_arch
-from .model.ofa_model import OFAModel
-from .model.resnet import RESNET_LAYERS
-from .tokenizer import load_tokenizer
+from ofa.io_utils import atomic_output, write_atomic
+from ofa.model.config import OFAModelConfig, config_for_arch
+from ofa.model.ofa_model import OFAModel
+from ofa.model.resnet import RESNET_LAYERS
+from ofa.tokenizer import load_tokenizer
 
 
 class CheckpointError(RuntimeError):
@@ -375,12 +375,6 @@ def build_model_for_arch(arch: str, bpe_dir: str, released: bool = True, **overr
 
 
 # ---------------------------------------------------------------------------- writing
-def _atomic_write(path: str, writer: Callable[[str], None]) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    with atomic_output(path) as tmp:
-        writer(tmp)
-
-
 def save_checkpoint(model: OFAModel, path: str, task_cfg: Optional[Dict[str, Any]] = None,
                     extra_state: Optional[Dict[str, Any]] = None) -> None:
     """Write a fairseq-format checkpoint (``cfg.model`` as a Namespace, like the official files)."""
@@ -394,7 +388,8 @@ def save_checkpoint(model: OFAModel, path: str, task_cfg: Optional[Dict[str, Any
         "task_state": {},
         "extra_state": dict(extra_state or {}),
     }
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    with atomic_output(path) as tmp:  # readers never see half a file
+        torch.save(payload, tmp)
 
 
 EXPORT_WEIGHTS = "model.safetensors"
@@ -414,16 +409,14 @@ def export_safetensors(model: OFAModel, tokenizer_dir: str, out_dir: str,
     }
     config = {"format": "ofa-safetensors", "version": 1, "model": dataclasses.asdict(model.cfg),
               "task": dict(task_cfg or {})}
-    _atomic_write(os.path.join(out_dir, EXPORT_WEIGHTS), lambda tmp: save_file(tensors, tmp))
+    with atomic_output(os.path.join(out_dir, EXPORT_WEIGHTS)) as tmp:
+        save_file(tensors, tmp)
     for name in TOKENIZER_FILES:
         src = os.path.join(tokenizer_dir, name)
         if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(out_dir, name)):
-            _atomic_write(os.path.join(out_dir, name), lambda tmp, s=src: shutil.copyfile(s, tmp))
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=1, sort_keys=True)
-    _atomic_write(os.path.join(out_dir, EXPORT_CONFIG), write_json)
+            with atomic_output(os.path.join(out_dir, name)) as tmp:
+                shutil.copyfile(src, tmp)
+    write_atomic(os.path.join(out_dir, EXPORT_CONFIG), json.dumps(config, indent=1, sort_keys=True))
     return out_dir
 
 

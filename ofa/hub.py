@@ -40,6 +40,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ofa.io_utils import write_atomic
+
 try:  # advisory locking of the .partial file; not available on Windows
     import fcntl
 except ImportError:  # pragma: no cover
@@ -303,13 +305,10 @@ def _verified_marker_ok(path: str, want_sha: str, want_prefix: str) -> bool:
 
 def _write_verified_marker(path: str, sha: str) -> None:
     st = os.stat(path)
-    tmp = f"{path}.verified.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}, f)
-        os.replace(tmp, path + ".verified")
+        write_atomic(path + ".verified", json.dumps({"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
     except OSError:  # the marker only saves re-hashing; never fail a resolve over it
-        _remove(tmp)
+        pass
 
 
 def _remove(path: str) -> None:

@@ -1,27 +1,16 @@
-"""Single-image inference: ``inference_model(checkpoint, image, task=None, text=None, ...)`` -> a result dict.
+"""One-image inference: ``inference_model(checkpoint, image, task=None, text=None, ...)`` -> a result dict.
 
-The task is set up exactly as ``ofa-evaluate`` sets it up (the checkpoint's saved task config, see
-``ofa.cli.evaluate.build_task_config``), and the one example is built by the task's own dataset class
+The task is set up exactly as ``ofa-evaluate`` sets it up (the checkpoint's saved task config,
+``ofa.task_config.build_task_config``), and the one example is built by the task's own dataset class
 (``task.dataset_cls``) from a one-row stand-in reader, so preprocessing (prompts, text cleaning, image
-resize and normalisation, resize ratios) is the same as in evaluation. Predictions:
+resize and normalisation, resize ratios) is the same as in evaluation.
 
-- ``caption``: beam search with the task's generator; ``{"caption", "score"}`` (punctuation stripped as
-  the task does; ``score`` is the best hypothesis' length-normalised log-probability);
-- ``refcoco``: ``task.inference`` (bin tokens -> box in ORIGINAL image pixels), clamped to the image;
-  ``{"box": [x0, y0, x1, y1], "score", "bins"}``;
-- ``vqa_gen`` / ``snli_ve`` / ``image_classify``: every candidate answer is scored
-  (``AnswerSet.score_candidates``, the official "allcand"), then softmax over the candidates;
-  ``{"answer" | "label", "score" (probability), "top": [(answer, probability)] x 5}``;
-- ``image_gen`` (no input image; ``text`` is the caption, ``vqgan_path=`` the VQGAN): sampled image
-  codes decoded into ``{"images": [PIL] (best first), "codes", "score" (mean log-probability of the
-  best sample), "scores", "caption"}``, plus ``"paths"`` when ``out=`` names a PNG to write.
-
-Every result also holds ``"task"`` (the registered task name) and ``"image_size": [w, h]`` (of the
-input image; for ``image_gen`` of the generated one).
-
-Each task runs through its ``InferenceSpec`` in ``INFERENCE`` (the input row its dataset reads, the
-predictor, the lines ``ofa-predict`` prints, its aliases); a plugin task becomes runnable here, and by
-``ofa-predict --user-dir``, by calling ``register_inference`` next to its ``@register_task``.
+This module knows no task. Each task says how it runs on one input with an ``InferenceSpec``, registered
+next to its ``@register_task`` with ``register_inference`` (the row its dataset reads, the predictor,
+the lines ``ofa-predict`` prints, how ``--draw`` draws a result, its aliases); the tasks of ``ofa.tasks``
+do so, and a ``--user-dir`` plugin becomes runnable here and by ``ofa-predict --user-dir`` the same way.
+Every result holds ``"task"`` (the registered task name) and ``"image_size": [w, h]`` (of the input
+image; for tasks without an input image, of the generated one) beside the task's own keys.
 
 Loaded models are kept in a small module-level cache keyed by the resolved path, ``bpe_dir`` and
 ``ema`` (and the file's size / modification time), so repeated calls do not reload; ``load()`` returns
@@ -38,10 +27,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .checkpoint import load_model
-from .hub import resolve_checkpoint
+from ofa.checkpoint import load_model
+from ofa.hub import resolve_checkpoint
 
-TOP_K = 5
 CACHE_SIZE = 2  # models kept loaded (path-loaded checkpoints and passed-in tuples each)
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, "PIL.Image.Image"]  # noqa: F821
@@ -137,7 +125,7 @@ def canonical_task(name: str) -> str:
 
 
 def _generator_params() -> set:
-    from .generate import SequenceGenerator
+    from ofa.generate import SequenceGenerator
 
     params = inspect.signature(SequenceGenerator.__init__).parameters
     return {n for n, p in params.items() if n not in ("self", "models", "tgt_dict") and p.kind != p.VAR_KEYWORD}
@@ -181,7 +169,7 @@ def _get_task(handle: InferenceHandle, task_name: str, task_over: Dict[str, Any]
     if task is None:
         from fairseq.tasks import TASK_REGISTRY
 
-        from .cli.evaluate import build_task_config
+        from ofa.task_config import build_task_config
 
         cli = dict(task_over)
         cli["bpe_dir"] = task_over.get("bpe_dir") or _tokenizer_dir(handle)
@@ -221,40 +209,11 @@ def _image_bytes(image: ImageInput) -> Tuple[bytes, Tuple[int, int]]:
     return raw, size
 
 
-def _need_text(task_name: str, text: Optional[str], what: str) -> str:
+def need_text(task_name: str, text: Optional[str], what: str) -> str:
+    """``text`` for a row builder, or a ``ValueError`` saying that ``task_name`` needs it (``what`` it is)."""
     if text is None or not str(text).strip():
         raise ValueError(f"task {task_name!r} needs text= ({what})")
     return str(text)
-
-
-def _caption_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
-    return {"uniq_id": "0", "image": image, "caption": "none"}
-
-
-def _refcoco_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
-    w, h = size
-    return {"uniq_id": "0", "image": image, "text": _need_text("refcoco", text, "the referring expression"),
-            "region_coord": f"0,0,{w},{h}"}
-
-
-def _vqa_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
-    return {"question_id": "0", "image": image, "question": _need_text("vqa_gen", text, "the question"),
-            "answers": "1.0|!+none"}
-
-
-def _snli_ve_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
-    return {"uniq_id": "0", "image": image, "hypothesis": _need_text("snli_ve", text, "the hypothesis"),
-            "caption": premise or "", "label": "entailment"}
-
-
-def _classify_row(image: bytes, size: Tuple[int, int], text: Optional[str], premise: Optional[str]):
-    return {"image": image, "label_name": "none"}
-
-
-def _image_gen_row(image: Optional[bytes], size: Optional[Tuple[int, int]], text: Optional[str],
-                   premise: Optional[str]):
-    # no image; an empty code column (generation from the caption alone)
-    return {"uniq_id": "0", "code": "", "caption": _need_text("image_gen", text, "the caption")}
 
 
 class _OneRowReader:
@@ -323,7 +282,10 @@ class _RecordingGenerator:
         return getattr(self.generator, name)
 
 
-def _generate(task, model, sample, gen_over: Dict[str, Any]):
+def generate_one(task, model, sample, gen_over: Dict[str, Any]):
+    """``task.inference`` on a one-sample batch, with the task's generator (or one built with the
+    ``SequenceGenerator`` overrides ``gen_over``); returns ``(the task's prediction, the best hypothesis:
+    {"tokens", "score", ...})``, for predictors of generating tasks."""
     generator = task.build_generator([model], **gen_over) if gen_over else task.generator
     recorder = _RecordingGenerator(generator)
     saved, task.generator = task.generator, recorder
@@ -334,87 +296,21 @@ def _generate(task, model, sample, gen_over: Dict[str, Any]):
     return predictions[0], recorder.hyps[0][0]
 
 
-def _predict_caption(task_name, task, model, sample, size, gen_over):
-    caption, best = _generate(task, model, sample, gen_over)
-    return {"caption": caption, "score": float(best["score"])}
-
-
-def _predict_refcoco(task_name, task, model, sample, size, gen_over):
-    box, best = _generate(task, model, sample, gen_over)
-    w, h = size
-    bins = (best["tokens"][:4] - task.vocab.bin_start).clamp(0, task.vocab.num_bins - 1)
-    x0, y0, x1, y1 = (float(v) for v in box)
-    box = [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
-    return {"box": [round(v, 2) for v in box], "score": float(best["score"]), "bins": [int(b) for b in bins]}
-
-
-def _predict_closed_set(task_name, task, model, sample, size, gen_over):
-    answers = task.answer_set.answers
-    logprobs = task.answer_set.score_candidates(model, sample, task.cfg.valid_batch_size)[0].float()
-    probs = torch.softmax(logprobs, dim=0)
-    values, idx = probs.topk(min(TOP_K, len(answers)))
-    top = [(answers[i], float(p)) for i, p in zip(idx.tolist(), values.tolist())]
-    return {INFERENCE[task_name].answer_key: top[0][0], "score": top[0][1], "top": top}
-
-
-def _predict_image_gen(task_name, task, model, sample, size, gen_over):
-    generator = task.build_generator([model], **gen_over) if gen_over else task.generator
-    hyps = task.generate_codes(model, sample, generator)[0]
-    codes = torch.stack([h["codes"] for h in hyps])  # [S, N]
-    from .vqgan.data import to_pil
-
-    images = [to_pil(img) for img in task.decode_images(codes)]
-    return {"caption": sample["captions"][0], "images": images, "codes": codes.tolist(),
-            "score": hyps[0]["score"], "scores": [h["score"] for h in hyps]}
-
-
-def save_pngs(images, out: str) -> List[str]:
-    """Write ``out`` (the first image) and ``{stem}_{j}{ext}`` (the others) atomically; returns the paths."""
-    from .io_utils import atomic_output
-
-    stem, ext = os.path.splitext(out)
-    paths = []
-    for j, img in enumerate(images):
-        path = out if j == 0 else f"{stem}_{j}{ext or '.png'}"
-        with atomic_output(path) as tmp:
-            img.save(tmp, format="PNG")
-        paths.append(path)
-    return paths
-
-
 # ---------------------------------------------------------------------------------------- the registry
-def _caption_lines(r: Dict[str, Any]) -> List[str]:
-    return [f"caption: {r['caption']}", f"score: {r['score']:.4f}"]
+def default_lines(result: Dict[str, Any]) -> List[str]:
+    """``key: value`` for every result key but ``task`` and ``image_size``."""
+    return [f"{k}: {v}" for k, v in result.items() if k not in ("task", "image_size")]
 
 
-def _refcoco_lines(r: Dict[str, Any]) -> List[str]:
-    return ["box: " + " ".join(f"{v:.1f}" for v in r["box"]) + "  (x0 y0 x1 y1, pixels)", f"score: {r['score']:.4f}"]
+def default_text(result: Dict[str, Any]) -> str:
+    return "; ".join(default_lines(result))
 
 
-def _closed_set_lines(r: Dict[str, Any]) -> List[str]:
-    key = "label" if "label" in r else "answer"
-    return [f"{key}: {r[key]}  (p={r['score']:.4f})"] + [f"  {prob:7.4f}  {answer}" for answer, prob in r["top"]]
+def default_draw(img, result: Dict[str, Any], label: Optional[str], spec: "InferenceSpec") -> None:
+    """The result's one line (``spec.text``) written across the top of the image."""
+    from ofa.draw import draw_banner
 
-
-def _image_gen_lines(r: Dict[str, Any]) -> List[str]:
-    return [f"caption: {r['caption']}", f"score: {r['score']:.4f}"] + [f"image: {p}" for p in r.get("paths", [])]
-
-
-def _caption_text(r: Dict[str, Any]) -> str:
-    return f"{r['caption']} ({r['score']:.3f})"
-
-
-def _refcoco_text(r: Dict[str, Any]) -> str:
-    return "box " + ", ".join(f"{v:.1f}" for v in r["box"]) + f" ({r['score']:.3f})"
-
-
-def _closed_set_text(r: Dict[str, Any]) -> str:
-    key = "label" if "label" in r else "answer"
-    return f"{r[key]} (p={r['score']:.3f})"
-
-
-def _image_gen_text(r: Dict[str, Any]) -> str:
-    return f"image for '{r['caption']}' ({r['score']:.3f})"
+    draw_banner(img, spec.text(result))
 
 
 RowBuilder = Callable[[Optional[bytes], Optional[Tuple[int, int]], Optional[str], Optional[str]], Dict[str, Any]]
@@ -427,26 +323,28 @@ class InferenceSpec:
     Attributes:
         row: ``(image bytes, (w, h), text, premise) -> row``: the dict the task's dataset reads for this
             input (column name -> value; target columns hold placeholders). ``image`` and the size are
-            ``None`` when ``needs_image`` is False; raise ``ValueError`` when ``text`` is required and missing.
+            ``None`` when ``needs_image`` is False; raise ``ValueError`` when ``text`` is required and
+            missing (``need_text``).
         predict: ``(task_name, task, model, sample, (w, h), generator_overrides) -> result keys`` (the
-            ``task``/``image_size`` keys are added by ``inference_model``); ``closed_set_predict`` scores
-            every candidate answer of a ``ClosedSetTask`` (``{answer_key, "score", "top"}``).
+            ``task`` / ``image_size`` keys are added by ``inference_model``).
         lines: ``result -> lines`` that ``ofa-predict`` prints under its header.
-        text: ``result -> one line`` written on the image by ``--draw`` / ``draw_result``.
+        text: ``result -> one line`` describing the prediction (``result_text``).
+        draw: ``(PIL image, result, label, spec) -> None`` draws the result on a copy of the input image
+            (``draw_result``, ``ofa-predict --draw``; ``ofa.draw`` has the primitives); the default writes
+            ``text`` across the top.
         aliases: other names ``task=`` accepts (lower case, ``_`` for spaces and dashes).
         needs_image: False for tasks without an input image (``image_gen``).
         takes_premise: the dataset's ``add_caption`` follows whether ``caption=`` (a premise) was given.
-        answer_key: the result key of a closed-set answer (``answer`` or ``label``).
     """
 
     row: RowBuilder
     predict: Callable[..., Dict[str, Any]]
-    lines: Callable[[Dict[str, Any]], List[str]] = _closed_set_lines
-    text: Callable[[Dict[str, Any]], str] = _closed_set_text
+    lines: Callable[[Dict[str, Any]], List[str]] = default_lines
+    text: Callable[[Dict[str, Any]], str] = default_text
+    draw: Callable[..., None] = default_draw
     aliases: Tuple[str, ...] = ()
     needs_image: bool = True
     takes_premise: bool = False
-    answer_key: str = "answer"
 
 
 INFERENCE: Dict[str, InferenceSpec] = {}
@@ -455,10 +353,11 @@ INFERENCE: Dict[str, InferenceSpec] = {}
 def register_inference(task_name: str, spec: InferenceSpec) -> InferenceSpec:
     """Make ``task_name`` (a task registered with fairseq) runnable by ``inference_model`` / ``ofa-predict``.
 
-    A ``--user-dir`` plugin calls this next to its ``@register_task``; e.g. a closed-set task::
+    A ``--user-dir`` plugin calls this next to its ``@register_task``; e.g. a closed-set task
+    (``ofa.tasks.closed_set.closed_set_inference`` fills in the closed-set predictor and its lines)::
 
-        register_inference("object_count", InferenceSpec(row=lambda image, size, text, premise: {...},
-                                                         predict=closed_set_predict))
+        register_inference("object_count", closed_set_inference(
+            row=lambda image, size, text, premise: {...}, aliases=("count",)))
 
     Re-registering a name replaces it; an alias already used by another task is a ``ValueError``.
     """
@@ -468,21 +367,6 @@ def register_inference(task_name: str, spec: InferenceSpec) -> InferenceSpec:
             raise ValueError(f"alias {alias!r} of {task_name!r} already names the task {owner!r}")
     INFERENCE[task_name] = spec
     return spec
-
-
-closed_set_predict = _predict_closed_set  # for plugins: score every candidate answer, softmax over them
-
-register_inference("caption", InferenceSpec(_caption_row, _predict_caption, _caption_lines, _caption_text,
-                                            aliases=("captioning", "image_caption")))
-register_inference("refcoco", InferenceSpec(_refcoco_row, _predict_refcoco, _refcoco_lines, _refcoco_text,
-                                            aliases=("grounding", "visual_grounding")))
-register_inference("vqa_gen", InferenceSpec(_vqa_row, _predict_closed_set, aliases=("vqa",)))
-register_inference("snli_ve", InferenceSpec(_snli_ve_row, _predict_closed_set, takes_premise=True,
-                                            aliases=("entailment", "visual_entailment")))
-register_inference("image_classify", InferenceSpec(_classify_row, _predict_closed_set, answer_key="label",
-                                                   aliases=("classify", "classification")))
-register_inference("image_gen", InferenceSpec(_image_gen_row, _predict_image_gen, _image_gen_lines, _image_gen_text,
-                                              aliases=("text_to_image", "generation"), needs_image=False))
 
 
 def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Optional[str] = None, text: Optional[str] = None,
@@ -495,9 +379,9 @@ def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Option
             (``ofa.inference.load``) or the ``(model, dictionary, info)`` tuple of ``ofa.load_model``.
             Models loaded from a path are cached (path, ``bpe_dir``, ``ema``), so repeated calls do not reload.
         image: a file path, encoded image bytes or a PIL image (``None`` for ``image_gen``).
-        task: a registered task (``caption``, ``refcoco``, ``vqa_gen``, ``snli_ve``, ``image_classify``) or an
-            alias (``grounding``, ``visual_grounding``, ``vqa``, ``entailment``, ``classify``, ...); default the
-            checkpoint's own task.
+        task: a task with an ``InferenceSpec`` (``caption``, ``refcoco``, ``vqa_gen``, ``snli_ve``,
+            ``image_classify``, ``image_gen``, a plugin's) or an alias (``grounding``, ``visual_grounding``,
+            ``vqa``, ``entailment``, ``classify``, ...); default the checkpoint's own task.
         text: the question (VQA), the referring expression (grounding) or the hypothesis (entailment);
             unused for captioning and classification.
         bpe_dir: tokenizer folder (default: the checkpoint's saved ``bpe_dir`` or its own folder).
@@ -509,9 +393,10 @@ def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Option
             options (``eval_beam``, ``ans2label_file``, ``patch_image_size``, ``prompt_type``, ...).
 
     Returns:
-        ``{"task", "image_size": [w, h], ...}`` with ``caption``/``score`` (captioning), ``box``/``score``/``bins``
-        (grounding; the box in original-image pixels) or ``answer``|``label``/``score``/``top`` (closed-set
-        tasks; probabilities over the candidate answers).
+        ``{"task", "image_size": [w, h], ...}`` with the task's keys: ``caption``/``score`` (captioning),
+        ``box``/``score``/``bins`` (grounding; the box in original-image pixels),
+        ``answer``|``label``/``score``/``top`` (closed-set tasks; probabilities over the candidate answers),
+        ``images``/``codes``/``score`` (``image_gen``); each task's module documents its own.
     """
     handle = load(checkpoint, bpe_dir=bpe_dir, ema=ema)
     if task is None:
@@ -541,60 +426,31 @@ def inference_model(checkpoint, image: Optional[ImageInput] = None, task: Option
     if not spec.needs_image:
         size = result["images"][0].size
         if out:
+            from ofa.io_utils import save_pngs
+
             result["paths"] = save_pngs(result["images"], out)
     return {"task": task_name, **result, "image_size": [int(size[0]), int(size[1])]}
 
 
 # ---------------------------------------------------------------------------------------- drawing
-BOX_COLOR = (0, 255, 0)
-
-
 def result_text(result: Dict[str, Any]) -> str:
-    """One line describing a prediction."""
+    """One line describing a prediction (its task's ``InferenceSpec.text``)."""
     spec = INFERENCE.get(result.get("task"))
-    return spec.text(result) if spec is not None else _closed_set_text(result)
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+    return spec.text(result) if spec is not None else default_text(result)
 
 
 def draw_result(image: ImageInput, result: Dict[str, Any], label: Optional[str] = None):
-    """A copy of the image (same size) with the predicted box and ``label`` drawn (grounding), or with the
-    prediction written on it (other tasks)."""
-    from PIL import Image, ImageDraw
+    """A copy of the input image (same size) with the prediction drawn by its task's ``InferenceSpec.draw``
+    (grounding: the box, tagged with ``label`` and the score; by default the result's line across the top)."""
+    from PIL import Image
 
     raw, _ = _image_bytes(image)
     img = Image.open(io.BytesIO(raw)).convert("RGB")
-    w, h = img.size
-    draw = ImageDraw.Draw(img)
-    font = _font(max(10, min(w, h) // 24))
-    line = max(2, round(min(w, h) / 150))
-    if "box" in result:  # grounding (and any task whose result holds a box)
-        x0, y0, x1, y1 = result["box"]
-        x0, x1 = sorted((x0, x1))
-        y0, y1 = sorted((y0, y1))
-        grow = max(0.0, 2 * line - (x1 - x0)) / 2, max(0.0, 2 * line - (y1 - y0)) / 2  # keep tiny boxes visible
-        x0, x1, y0, y1 = x0 - grow[0], x1 + grow[0], y0 - grow[1], y1 + grow[1]
-        # a dark halo under a bright outline stays visible on light and dark images alike
-        draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=(0, 0, 0), width=line + 2)
-        draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOR, width=line)
-        text = f"{label} ({result['score']:.2f})" if label else f"{result['score']:.2f}"
-        tb = draw.textbbox((0, 0), text, font=font)
-        tw, th = tb[2] - tb[0], tb[3] - tb[1]
-        ty = y0 - th - 3 * line if y0 - th - 3 * line >= 0 else min(y1 + line + 1, max(h - th - 2 * line, 0))
-        tx = min(max(x0, 0), max(w - tw - 2 * line, 0))
-        draw.rectangle([tx, ty, tx + tw + 2 * line, ty + th + 2 * line], fill=BOX_COLOR, outline=(0, 0, 0))
-        draw.text((tx + line - tb[0], ty + line - tb[1]), text, fill=(0, 0, 0), font=font)
+    spec = INFERENCE.get(result.get("task"))
+    if spec is None:
+        from ofa.draw import draw_banner
+
+        draw_banner(img, default_text(result))
     else:
-        text = result_text(result)
-        tb = draw.textbbox((0, 0), text, font=font)
-        th = tb[3] - tb[1]
-        draw.rectangle([0, 0, w, th + 2 * line], fill=(0, 0, 0))
-        draw.text((line - tb[0], line - tb[1]), text, fill=(255, 255, 255), font=font)
+        spec.draw(img, result, label, spec)
     return img

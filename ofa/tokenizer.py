@@ -32,6 +32,8 @@ from typing import Iterable, List, Sequence, Union
 import torch
 from fairseq.data import Dictionary
 
+from ofa.io_utils import AtomicFile
+
 SPECIAL_RE = re.compile(r"(<bin_\d+>|<code_\d+>|<mask>)")
 SPM_MODEL = "spm.model"
 SPM_DICT = "dict.txt"
@@ -233,7 +235,7 @@ def train_sentencepiece(corpus: Union[str, Iterable[str]], out_dir: str, vocab_s
     else:
         spm.SentencePieceTrainer.train(sentence_iterator=iter(list(corpus)), **kwargs)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, SPM_MODEL))
-    with open(os.path.join(out_dir, SPM_DICT), "w", encoding="utf-8") as f:
+    with AtomicFile(os.path.join(out_dir, SPM_DICT), "w", encoding="utf-8") as f:
         for i in range(sp.get_piece_size()):
             piece = sp.id_to_piece(i)
             if sp.is_unknown(i) or sp.is_control(i):

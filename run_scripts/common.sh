@@ -34,7 +34,7 @@
 #   DATA_DIR        official dataset folders (caption_data/, refcoco_data/, ...)  [<repo>/data]
 #   DATA            the whole comma list "train[,train2,...],valid"; replaces the DATA_DIR default
 #   BPE_DIR         GPT-2 BPE folder (dict.txt, encoder.json, vocab.bpe) or an `ofa-tokenizer train` folder
-#                   [<repo>/data/ofa_bpe, else <repo>/../shared/ofa_bpe]
+#                   [<repo>/data/ofa_bpe]
 #   CKPT_DIR        pretrained checkpoints ofa_<size>.pt      [<repo>/data/checkpoints]
 #                   (`ofa-checkpoints download ofa_base --cache-dir data/checkpoints`)
 #   RESTORE_FILE    checkpoint to fine-tune from; "none" trains from scratch  [$CKPT_DIR/ofa_<size>.pt]
@@ -138,12 +138,7 @@ ofa_init() {
         DATA_DIR=${DATA_DIR:-$OFA_REPO/data}
         CKPT_DIR=${CKPT_DIR:-$OFA_REPO/data/checkpoints}
         SAVE_DIR=${SAVE_DIR:-$OFA_REPO/runs/$OFA_JOB/$OFA_SIZE}
-        if [[ -z "${BPE_DIR:-}" ]]; then
-            BPE_DIR=$OFA_REPO/data/ofa_bpe
-            if [[ ! -d "$BPE_DIR" && -d "$OFA_REPO/../shared/ofa_bpe" ]]; then
-                BPE_DIR="$(cd "$OFA_REPO/../shared/ofa_bpe" && pwd)"
-            fi
-        fi
+        BPE_DIR=${BPE_DIR:-$OFA_REPO/data/ofa_bpe}
     fi
     ofa_detect_devices
 }
@@ -261,7 +256,7 @@ ofa_count_rows() {
 # Generate the embedded benchmark and its tokenizer once (smoke mode).
 ofa_demo_data() {
     if [[ ! -f "$DEMO_DIR/manifest.json" || ! -f "$DEMO_DIR/text_corpus.txt" ]]; then
-        ofa_run "$(ofa_bin ofa-data)" synth "$DEMO_DIR" --num-images 24 --image-size 64 --seed 0 --quiet
+        ofa_run "$(ofa_bin ofa-synth)" generate "$DEMO_DIR" --num-images 24 --image-size 64 --seed 0 --quiet
     fi
     if [[ ! -f "$DEMO_DIR/tok/dict.txt" ]]; then
         ofa_run "$(ofa_bin ofa-tokenizer)" train --corpus "$DEMO_DIR/text_corpus.txt" --out "$DEMO_DIR/tok" \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv in the repository root and install this project into it (editable), with its tests' extras.
+# Create .venv in the repository root and install this project into it (editable), with the extras of the
+# main job's figures and of the tests.
 #
 #   bash scripts/setup.sh            # torch 2.14.1 + torchvision 0.29.1 (the tested pair)
 #   TORCH_SPEC="torch==2.9.1 torchvision==0.24.1" bash scripts/setup.sh   # another pair (e.g. aarch64)
@@ -16,5 +17,5 @@ fi
 PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q $TORCH_SPEC
 $PIP install -q "cython>=3" wheel "numpy>=1.24" "setuptools>=68"
-$PIP install -q --no-build-isolation -e ".[test]"
+$PIP install -q --no-build-isolation -e ".[synth,test]"
 .venv/bin/python -c "import ofa, torch; print(f'ofa {ofa.__version__} installed with torch {torch.__version__}')" 2>&1 | tail -1

@@ -4,23 +4,26 @@ Training targets are single captions; validation targets carry every reference j
 Validation generates with beam search (``--eval-beam 5 --eval-max-len-b 16
 --eval-no-repeat-ngram-size 3`` in the official recipe), strips punctuation, and logs CIDEr-D
 (document frequencies of the validation references, or ``--eval-cider-cached-tokens``) and corpus
-BLEU-4. ``--scst`` builds the generator the CIDEr-optimisation criterion samples from.
+BLEU-4. Stage 2 (CIDEr optimisation) is this task with ``--criterion scst_reward_criterion``.
+
+One-image inference: beam search with the task's generator, ``{"caption", "score"}`` (punctuation
+stripped as in evaluation; ``score`` is the best hypothesis' length-normalised log-probability).
 """
 
 import logging
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from fairseq import metrics
 from fairseq.tasks import register_task
 
+from ofa.data_utils.datasets import CaptionDataset
+from ofa.data_utils.text import strip_punctuation
+from ofa.inference import InferenceSpec, generate_one, register_inference
 from ofa.metrics.bleu import bleu_stats, corpus_bleu
 from ofa.metrics.cider import CiderD, build_document_frequency, load_document_frequency
 from ofa.metrics.coco import caption_scores
-
-from ..data_utils.datasets import CaptionDataset
-from ..data_utils.text import strip_punctuation
-from .ofa_task import OFATask, OFATaskConfig
+from ofa.tasks.ofa_task import OFATask, OFATaskConfig
 
 logger = logging.getLogger(__name__)
 BLEU_KEYS = ["sys_len", "ref_len"] + [f"{k}_{n}" for n in range(1, 5) for k in ("match", "total")]
@@ -30,10 +33,6 @@ BLEU_KEYS = ["sys_len", "ref_len"] + [f"{k}_{n}" for n in range(1, 5) for k in (
 class CaptionConfig(OFATaskConfig):
     eval_cider_cached_tokens: Optional[str] = field(
         default=None, metadata={"help": "pickle of CIDEr document frequencies (official coco-valid-words.p)"})
-    scst: bool = field(default=False, metadata={"help": "build the generator used by scst_reward_criterion"})
-    scst_beam: int = field(default=5, metadata={"help": "SCST: hypotheses per image (beam size)"})
-    scst_max_len_b: int = field(default=16, metadata={"help": "SCST: max generated length"})
-    scst_no_repeat_ngram_size: int = field(default=3, metadata={"help": "SCST: n-gram blocking"})
 
 
 @register_task("caption", dataclass=CaptionConfig)
@@ -48,14 +47,6 @@ class CaptionTask(OFATask):
         if cfg.eval_cider_cached_tokens:
             df, ref_len = load_document_frequency(cfg.eval_cider_cached_tokens)
             self.cider = CiderD(df=df, ref_len=ref_len)
-
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        if self.cfg.scst:
-            self.scst_generator = self.build_generator(
-                [model], beam_size=self.cfg.scst_beam, max_len_b=self.cfg.scst_max_len_b,
-                no_repeat_ngram_size=self.cfg.scst_no_repeat_ngram_size, min_len=1, max_len_a=0.0)
-        return model
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch, combine, **kwargs)
@@ -101,3 +92,18 @@ class CaptionTask(OFATask):
 
     def prediction_records(self, predictions, sample):
         return [{"image_id": str(uid), "caption": p} for uid, p in zip(sample["uniq_ids"], predictions)]
+
+
+# ---------------------------------------------------------------------------------------- one-image inference
+def _row(image, size, text, premise):
+    return {"uniq_id": "0", "image": image, "caption": "none"}
+
+
+def _predict(task_name, task, model, sample, size, gen_over) -> Dict[str, Any]:
+    caption, best = generate_one(task, model, sample, gen_over)
+    return {"caption": caption, "score": float(best["score"])}
+
+
+register_inference("caption", InferenceSpec(
+    _row, _predict, lines=lambda r: [f"caption: {r['caption']}", f"score: {r['score']:.4f}"],
+    text=lambda r: f"{r['caption']} ({r['score']:.3f})", aliases=("captioning", "image_caption")))

@@ -13,14 +13,17 @@
 ``ClosedSetTask`` adds the common options (answer file, prompt type, inference mode) and the
 prediction / scoring logic: score = the answer's confidence in ``ref_dict`` (VQA score; 1/0
 accuracy for entailment and classification).
+
+One-image inference (``closed_set_inference``): every candidate is scored as in allcand, then a softmax
+over the candidates gives ``{answer_key: best, "score": its probability, "top": [(answer, probability)]
+x TOP_K}``.
 """
 
 import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +31,13 @@ from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
 
 from ofa.generate import Trie, TrieConstraint
-
-from .ofa_task import PROMPT_TYPES, OFATask, OFATaskConfig
+from ofa.inference import InferenceSpec, RowBuilder
+from ofa.tasks.ofa_task import PROMPT_TYPES, OFATask, OFATaskConfig
 
 logger = logging.getLogger(__name__)
 
 INFERENCE = ChoiceEnum(["allcand", "beamsearch"])
+TOP_K = 5  # answers listed in a one-image prediction
 
 
 class AnswerSet:
@@ -125,7 +129,7 @@ def load_answer_file(path: str) -> List[str]:
         with open(path) as f:
             mapping = json.load(f)
     elif path.endswith((".pkl", ".pickle", ".p")):
-        from ..data_utils.converters.safe_pickle import safe_load
+        from ofa.data_utils.converters.safe_pickle import safe_load
 
         mapping = safe_load(path, "answer list")
     else:
@@ -208,3 +212,32 @@ class ClosedSetTask(OFATask):
 
     def prediction_records(self, predictions, sample):
         return [{"uniq_id": uid, "answer": p} for uid, p in zip(sample["uniq_ids"], predictions)]
+
+
+# ---------------------------------------------------------------------------------------- one-image inference
+def closed_set_predict(task, model, sample, answer_key: str = "answer") -> Dict[str, Any]:
+    """Score every candidate answer of a ``ClosedSetTask`` for a one-sample batch (allcand), softmax over
+    them: ``{answer_key: best, "score": its probability, "top": [(answer, probability)] x TOP_K}``."""
+    answers = task.answer_set.answers
+    logprobs = task.answer_set.score_candidates(model, sample, task.cfg.valid_batch_size)[0].float()
+    probs = torch.softmax(logprobs, dim=0)
+    values, idx = probs.topk(min(TOP_K, len(answers)))
+    top = [(answers[i], float(p)) for i, p in zip(idx.tolist(), values.tolist())]
+    return {answer_key: top[0][0], "score": top[0][1], "top": top}
+
+
+def closed_set_inference(row: RowBuilder, answer_key: str = "answer", **spec_fields) -> InferenceSpec:
+    """The ``InferenceSpec`` of a closed-set task: ``row`` plus the closed-set predictor (``closed_set_predict``;
+    the best answer under ``answer_key``, ``answer`` or ``label``) and its printed lines; ``spec_fields``
+    (``aliases``, ``takes_premise``) as ``InferenceSpec``'s."""
+    def predict(task_name, task, model, sample, size, gen_over):
+        return closed_set_predict(task, model, sample, answer_key)
+
+    def lines(r: Dict[str, Any]) -> List[str]:
+        return [f"{answer_key}: {r[answer_key]}  (p={r['score']:.4f})"] + \
+            [f"  {prob:7.4f}  {answer}" for answer, prob in r["top"]]
+
+    def text(r: Dict[str, Any]) -> str:
+        return f"{r[answer_key]} (p={r['score']:.3f})"
+
+    return InferenceSpec(row=row, predict=predict, lines=lines, text=text, **spec_fields)

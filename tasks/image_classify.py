@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from fairseq.tasks import register_task
 
-from ..data_utils.datasets import ImageClassifyDataset
-from .closed_set import ClosedSetConfig, ClosedSetTask
+from ofa.data_utils.datasets import ImageClassifyDataset
+from ofa.inference import register_inference
+from ofa.tasks.closed_set import ClosedSetConfig, ClosedSetTask, closed_set_inference
 
 
 @dataclass
@@ -27,3 +28,12 @@ class ImageClassifyTask(ClosedSetTask):
         if not cfg.ans2label_file:
             raise ValueError("image_classify needs --ans2label-file with the class names")
         super().__init__(cfg, tokenizer)
+
+
+def _row(image, size, text, premise):
+    """One image -> an ``image_classify`` row (the label is a placeholder)."""
+    return {"image": image, "label_name": "none"}
+
+
+register_inference("image_classify", closed_set_inference(_row, answer_key="label",
+                                                          aliases=("classify", "classification")))

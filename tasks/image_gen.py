@@ -19,10 +19,13 @@ written (atomically) as ``{uniq_id}.png`` (best sample) and ``{uniq_id}_{j}.png`
 ``--sampling-seed`` makes the draws reproducible (per batch; ``-1``: the global RNG).
 
 Metrics: ``code_acc`` (the score: teacher-forced arg-max accuracy of the reference codes, argmax over
-the code range) and ``code_nll`` (nats per reference code). With ``--checker-path`` (a scene checker
-from ``ofa.data_utils.synth_image_gen``, embedded benchmark only) the generated images are classified
-and ``checker_color_acc`` / ``checker_shape_acc`` / ``checker_both_acc`` compare with the colour and
-shape the caption names.
+the code range), ``code_nll`` (nats per reference code) and ``sample_logprob`` (mean log-probability
+of the best sample). What the generated images show is judged outside the task, from the PNGs of
+``--gen-images-path`` and the records of ``{split}_predict.json`` (``uniq_id``, ``caption``, ``image``).
+
+One-image inference (no input image; ``text`` is the caption, ``vqgan_path=`` the VQGAN): sampled image
+codes decoded into ``{"images": [PIL] (best first), "codes", "score" (mean log-probability of the best
+sample), "scores", "caption"}``, plus ``"paths"`` when ``out=`` names a PNG to write.
 """
 import logging
 import os
@@ -35,15 +38,14 @@ import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.tasks import register_task
 
+from ofa.criterions.losses import mask_logits
+from ofa.data_utils.image_gen_dataset import ImageGenDataConfig, ImageGenDataset
 from ofa.generate import TokenRange
-from ofa.io_utils import atomic_output
-
-from ..criterions.losses import mask_logits
-from ..data_utils.image_gen_dataset import ImageGenDataConfig, ImageGenDataset
-from .ofa_task import OFATask, OFATaskConfig
+from ofa.inference import InferenceSpec, need_text, register_inference
+from ofa.io_utils import save_pngs
+from ofa.tasks.ofa_task import OFATask, OFATaskConfig
 
 logger = logging.getLogger(__name__)
-CHECK_KEYS = ("color", "shape", "both")
 
 
 @dataclass
@@ -64,8 +66,6 @@ class ImageGenConfig(OFATaskConfig):
     sampling_times: int = field(default=1, metadata={"help": "samples per caption (best first by mean log-prob)"})
     sampling_seed: int = field(default=1, metadata={"help": "seed of each batch's draws (-1: the global RNG)"})
     gen_images_path: Optional[str] = field(default=None, metadata={"help": "write the generated PNGs here"})
-    checker_path: Optional[str] = field(
-        default=None, metadata={"help": "scene checker (synth_image_gen) scoring colour/shape of generated images"})
     eval_generate: bool = field(
         default=True, metadata={"help": "generate images in validation (off: teacher-forced code metrics only)"})
 
@@ -84,7 +84,6 @@ class ImageGenTask(OFATask):
         self.grid = cfg.code_image_size // cfg.vqgan_factor
         self.num_codes = self.grid * self.grid
         self._vqgan = None
-        self._checker = None
         size = cfg.code_vocab_size
         if size <= 0:
             size = self.vqgan.n_embed if cfg.vqgan_path else self.vocab.code_dict_size
@@ -99,9 +98,7 @@ class ImageGenTask(OFATask):
     def vqgan(self):
         """The frozen VQGAN of ``--vqgan-path`` (loaded on first use); ``None`` without one."""
         if self._vqgan is None and self.cfg.vqgan_path:
-            from ofa.vqgan import load_vqgan
-
-            from ..data_utils.synth_pretrain import find_vqgan
+            from ofa.vqgan import find_vqgan, load_vqgan
 
             path, yaml = find_vqgan(self.cfg.vqgan_path)
             self._vqgan = load_vqgan(path, self.cfg.vqgan_config_path or yaml).eval()
@@ -109,14 +106,6 @@ class ImageGenTask(OFATask):
                 raise ValueError(f"the VQGAN at {path} has factor {self._vqgan.factor}, --vqgan-factor is "
                                  f"{self.cfg.vqgan_factor}")
         return self._vqgan
-
-    @property
-    def checker(self):
-        if self._checker is None and self.cfg.checker_path:
-            from ..data_utils.synth_image_gen import load_checker
-
-            self._checker = load_checker(self.cfg.checker_path)
-        return self._checker
 
     def data_config(self) -> ImageGenDataConfig:
         base = super().data_config()
@@ -199,7 +188,7 @@ class ImageGenTask(OFATask):
     def inference(self, model, sample) -> List[Dict[str, Any]]:
         """One dict per sample: ``uniq_id``, ``caption``, ``codes`` ``[S, N]``, ``scores`` ``[S]``,
         ``images`` (PIL, best first, with a VQGAN), ``paths`` (with ``--gen-images-path``), ``code_acc``,
-        ``code_nll`` and, with a checker, ``checker`` (predicted colour / shape) and ``label`` (named ones)."""
+        and ``code_nll``."""
         tf = self.teacher_forced(model, sample)
         preds = [{"uniq_id": uid, "caption": cap, "code_acc": a, "code_nll": nl, "codes": None, "scores": [],
                   "images": [], "paths": []}
@@ -217,36 +206,19 @@ class ImageGenTask(OFATask):
         for p in preds:
             images = self.decode_images(p["codes"])
             p["images"] = [to_pil(img) for img in images]
-            if self.checker is not None:
-                color, shape = self.checker.predict(images[:1])
-                p["checker"] = (self.checker.colors[int(color[0])], self.checker.shapes[int(shape[0])])
-                p["label"] = self.checker.parse_caption(p["caption"])
             if self.cfg.gen_images_path:
                 p["paths"] = self.save_images(p["images"], p["uniq_id"], self.cfg.gen_images_path)
         return preds
 
     @staticmethod
-    def save_images(images, uniq_id, folder: str, stem: Optional[str] = None) -> List[str]:
-        """Write ``{stem}.png`` (first) and ``{stem}_{j}.png`` atomically; returns the paths."""
-        stem = stem or re.sub(r"[^A-Za-z0-9_.-]", "_", str(uniq_id))
-        paths = []
-        for j, img in enumerate(images):
-            path = os.path.join(folder, f"{stem}.png" if j == 0 else f"{stem}_{j}.png")
-            with atomic_output(path) as tmp:
-                img.save(tmp, format="PNG")
-            paths.append(path)
-        return paths
+    def save_images(images, uniq_id, folder: str) -> List[str]:
+        """Write ``{id}.png`` (first) and ``{id}_{j}.png`` atomically (the id made file-name safe); returns
+        the paths."""
+        return save_pngs(images, os.path.join(folder, re.sub(r"[^A-Za-z0-9_.-]", "_", str(uniq_id)) + ".png"))
 
     # ---------------------------------------------------------------- metrics
     def score(self, predictions, sample) -> List[float]:
         return [p["code_acc"] if p["code_acc"] is not None else 0.0 for p in predictions]
-
-    @staticmethod
-    def check_hits(p) -> Optional[Dict[str, bool]]:
-        if p.get("checker") is None or p.get("label") is None or None in p["label"]:
-            return None
-        color, shape = p["checker"][0] == p["label"][0], p["checker"][1] == p["label"][1]
-        return {"color": color, "shape": shape, "both": color and shape}
 
     def log_extra(self, predictions, sample, keep, logging_output):
         for p, k in zip(predictions, keep):
@@ -255,11 +227,6 @@ class ImageGenTask(OFATask):
             if p["code_nll"] is not None:
                 logging_output["_nll_sum"] = logging_output.get("_nll_sum", 0.0) + p["code_nll"]
                 logging_output["_nll_cnt"] = logging_output.get("_nll_cnt", 0) + 1
-            hits = self.check_hits(p)
-            if hits is not None:
-                logging_output["_chk_cnt"] = logging_output.get("_chk_cnt", 0) + 1
-                for key in CHECK_KEYS:
-                    logging_output[f"_chk_{key}"] = logging_output.get(f"_chk_{key}", 0) + int(hits[key])
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
@@ -271,11 +238,6 @@ class ImageGenTask(OFATask):
             metrics.log_scalar("_nll_sum", total("_nll_sum"))
             metrics.log_scalar("_nll_cnt", total("_nll_cnt"))
             metrics.log_derived("code_nll", lambda m: round(m["_nll_sum"].sum / m["_nll_cnt"].sum, 4))
-        if total("_chk_cnt") > 0:
-            for key in ("_chk_cnt",) + tuple(f"_chk_{k}" for k in CHECK_KEYS):
-                metrics.log_scalar(key, total(key))
-            for k in CHECK_KEYS:
-                metrics.log_derived(f"checker_{k}_acc", lambda m, k=k: round(m[f"_chk_{k}"].sum / m["_chk_cnt"].sum, 4))
 
     def corpus_metrics(self, predictions, refs) -> Dict[str, float]:
         out: Dict[str, float] = {}
@@ -285,10 +247,6 @@ class ImageGenTask(OFATask):
         scores = [p["scores"][0] for p in predictions if p["scores"]]
         if scores:
             out["sample_logprob"] = sum(scores) / len(scores)
-        hits = [h for h in (self.check_hits(p) for p in predictions) if h is not None]
-        if hits:
-            for k in CHECK_KEYS:
-                out[f"checker_{k}_acc"] = sum(h[k] for h in hits) / len(hits)
         return out
 
     def prediction_records(self, predictions, sample) -> List[Dict[str, Any]]:
@@ -301,9 +259,31 @@ class ImageGenTask(OFATask):
                 rec["score"] = p["scores"][0]
             if p["paths"]:
                 rec["image"] = p["paths"][0]
-            if p.get("checker") is not None:
-                rec["checker"] = list(p["checker"])
-                rec["label"] = list(p["label"]) if p.get("label") else None
             recs.append(rec)
         return recs
 
+
+# ---------------------------------------------------------------------------------------- one-image inference
+def _row(image, size, text, premise):
+    # no image; an empty code column (generation from the caption alone)
+    return {"uniq_id": "0", "code": "", "caption": need_text("image_gen", text, "the caption")}
+
+
+def _predict(task_name, task, model, sample, size, gen_over) -> Dict[str, Any]:
+    generator = task.build_generator([model], **gen_over) if gen_over else task.generator
+    hyps = task.generate_codes(model, sample, generator)[0]
+    codes = torch.stack([h["codes"] for h in hyps])  # [S, N]
+    from ofa.vqgan.data import to_pil
+
+    images = [to_pil(img) for img in task.decode_images(codes)]
+    return {"caption": sample["captions"][0], "images": images, "codes": codes.tolist(),
+            "score": hyps[0]["score"], "scores": [h["score"] for h in hyps]}
+
+
+def _lines(r: Dict[str, Any]) -> List[str]:
+    return [f"caption: {r['caption']}", f"score: {r['score']:.4f}"] + [f"image: {p}" for p in r.get("paths", [])]
+
+
+register_inference("image_gen", InferenceSpec(_row, _predict, _lines,
+                                              text=lambda r: f"image for '{r['caption']}' ({r['score']:.3f})",
+                                              aliases=("text_to_image", "generation"), needs_image=False))

@@ -27,11 +27,10 @@ from fairseq.tasks import FairseqTask
 from omegaconf import II
 
 from ofa import lr_scale
+from ofa.data_utils.datasets import DataConfig
+from ofa.data_utils.readers import open_reader
 from ofa.generate import SequenceGenerator
 from ofa.tokenizer import load_tokenizer
-
-from ..data_utils.datasets import DataConfig
-from ..data_utils.readers import open_reader
 
 logger = logging.getLogger(__name__)
 

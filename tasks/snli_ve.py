@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from fairseq.tasks import register_task
 
-from ..data_utils.datasets import SnliVeDataset
-from .closed_set import ClosedSetConfig, ClosedSetTask
+from ofa.data_utils.datasets import SnliVeDataset
+from ofa.inference import need_text, register_inference
+from ofa.tasks.closed_set import ClosedSetConfig, ClosedSetTask, closed_set_inference
 
 
 @dataclass
@@ -23,3 +24,13 @@ class SnliVeTask(ClosedSetTask):
     schema = "snli_ve"
     metric_name = "snli_score"
     default_answers = ("no", "yes", "maybe")
+
+
+def _row(image, size, text, premise):
+    """One image, a hypothesis and an optional text premise -> a ``snli_ve`` row (the label is a placeholder)."""
+    return {"uniq_id": "0", "image": image, "hypothesis": need_text("snli_ve", text, "the hypothesis"),
+            "caption": premise or "", "label": "entailment"}
+
+
+register_inference("snli_ve", closed_set_inference(_row, takes_premise=True,
+                                                   aliases=("entailment", "visual_entailment")))

@@ -7,9 +7,9 @@ Encoder text ``' what is the summary of article " {source} "?'`` (no image), tar
 Validation and ``ofa-evaluate`` generate with the ``--eval-*`` settings, whose defaults here are the
 official evaluation's (beam 6, length penalty 0.7, ``max_len_b`` 32, no-repeat 3), lowercase the
 hypothesis, and score it against the lowercased raw headline with ROUGE-1/2/L F1
-(``ofa/metrics/rouge.py``; fractions in [0, 1], no stemming). The task metric and official best
-checkpoint metric is ``rougeL``; ``rouge1`` and ``rouge2`` are logged beside it. Prediction records
-are ``{"hyp", "ref"}``.
+(``ofa/metrics/rouge.py``; fractions in [0, 1], Porter stemmer on, as the official ``rouge_score``
+call). The task metric and official best checkpoint metric is ``rougeL``; ``rouge1`` and ``rouge2`` are
+logged beside it. Prediction records are ``{"hyp", "ref"}``.
 
 Data: ``text_pair`` TSV (``uniq_id, source, target``); the official two-column files load with
 ``--selected-cols 0,1``.
@@ -22,10 +22,9 @@ from typing import List
 from fairseq import metrics
 from fairseq.tasks import register_task
 
+from ofa.data_utils.text_datasets import SummaryDataset, TextDataConfig
 from ofa.metrics.rouge import corpus_rouge, rouge_scores
-
-from ..data_utils.text_datasets import SummaryDataset, TextDataConfig
-from .ofa_task import OFATask, OFATaskConfig
+from ofa.tasks.ofa_task import OFATask, OFATaskConfig
 
 
 @dataclass

@@ -31,9 +31,9 @@ import torch
 from fairseq import metrics
 from fairseq.tasks import register_task
 
-from ..data_utils.text_datasets import GLUE, GLUE_DATASETS, GlueSpec
-from .closed_set import ClosedSetConfig, ClosedSetTask
-from .ofa_task import PROMPT_TYPES
+from ofa.data_utils.text_datasets import GLUE, GLUE_DATASETS, GlueSpec
+from ofa.tasks.closed_set import ClosedSetConfig, ClosedSetTask
+from ofa.tasks.ofa_task import PROMPT_TYPES
 
 COUNTS = ("tp", "fp", "fn", "tn")
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.tasks import register_task
 
-from ..data_utils.text_datasets import TextDataConfig, TextInfillingDataset
-from .ofa_task import OFATask, OFATaskConfig
+from ofa.data_utils.text_datasets import TextDataConfig, TextInfillingDataset
+from ofa.tasks.ofa_task import OFATask, OFATaskConfig
 
 LM_KEYS = ("nll", "ntokens", "correct")
 

@@ -20,9 +20,9 @@ from typing import Optional
 
 from fairseq.tasks import FairseqTask, register_task
 
-from ..data_utils.readers import open_reader
-from ..data_utils.unify_dataset import NegativePools, UnifyDataConfig, UnifyDataset
-from .ofa_task import OFATask, OFATaskConfig, data_parallel_rank_and_size
+from ofa.data_utils.readers import open_reader
+from ofa.data_utils.unify_dataset import NegativePools, UnifyDataConfig, UnifyDataset
+from ofa.tasks.ofa_task import OFATask, OFATaskConfig, data_parallel_rank_and_size
 
 logger = logging.getLogger(__name__)
 

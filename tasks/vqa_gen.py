@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from fairseq.tasks import register_task
 
-from ..data_utils.datasets import VqaDataset
-from .closed_set import ClosedSetConfig, ClosedSetTask
+from ofa.data_utils.datasets import VqaDataset
+from ofa.inference import need_text, register_inference
+from ofa.tasks.closed_set import ClosedSetConfig, ClosedSetTask, closed_set_inference
 
 
 @dataclass
@@ -33,3 +34,12 @@ def _int_or_str(value):
         return int(value)
     except (TypeError, ValueError):
         return value
+
+
+def _row(image, size, text, premise):
+    """One image and a question -> a ``vqa`` row (the answers are a placeholder)."""
+    return {"question_id": "0", "image": image, "question": need_text("vqa_gen", text, "the question"),
+            "answers": "1.0|!+none"}
+
+
+register_inference("vqa_gen", closed_set_inference(_row, aliases=("vqa",)))

@@ -30,17 +30,6 @@ def reference_dir() -> Path:
     return REFERENCE
 
 
-def load_script(name: str, folder: str = "scripts"):
-    """``{folder}/{name}.py`` (``scripts/`` or ``bench/``) imported as a module (its ``main`` not run), for
-    testing its functions."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def make_dictionary(num_text: int = 40, code_dict_size: int = 8192, num_bins: int = 1000):
     """An OFA-layout fairseq Dictionary with ``num_text`` dummy text symbols."""
     from fairseq.data import Dictionary

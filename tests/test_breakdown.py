@@ -4,9 +4,17 @@ import json
 import pytest
 
 from ofa.data_utils.formats import parse_answers
-from ofa.data_utils.synth import main as synth_main
-from ofa.data_utils.synth.breakdown import (SNLI_ANSWER, answer_table, breakdown, expression_form, grounding_anatomy,
-                                            per_kind, row_kinds, same_box_share)
+from ofa_synth.breakdown import (
+    SNLI_ANSWER,
+    answer_table,
+    breakdown,
+    expression_form,
+    grounding_anatomy,
+    per_kind,
+    row_kinds,
+    same_box_share,
+)
+from ofa_synth.writer import main as synth_main
 
 
 @pytest.fixture(scope="module")

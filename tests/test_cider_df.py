@@ -2,11 +2,10 @@
 (data_utils/cider_df.py)."""
 import pytest
 
-from ofa.criterions.scst_reward_criterion import normalize_for_reward
 from ofa.data_utils.cider_df import references_by_image
 from ofa.data_utils.cli import main
 from ofa.data_utils.errors import DataError
-from ofa.metrics.cider import build_document_frequency, load_document_frequency
+from ofa.metrics.cider import build_document_frequency, load_document_frequency, normalize_for_reward
 
 STAGE1 = ("0\t7\tA red circle.\tred circle\tIMG\n1\t7\ta circle, red\tred circle\tIMG\n"
           "2\t9\ta blue star\tblue star\tIMG\n")

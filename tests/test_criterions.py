@@ -19,10 +19,17 @@ from torch import nn
 import ofa  # noqa: F401  (registers the criteria)
 from ofa.criterions.label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion as LSCE
 from ofa.criterions.label_smoothed_cross_entropy import duplicate_for_rdrop
-from ofa.criterions.losses import (drop_worst, label_smoothed_nll_loss, leave_one_out_advantage, mask_logits,
-                                   parse_constraint_range, scst_loss, symmetric_kl)
-from ofa.criterions.scst_reward_criterion import ScstRewardCriterion, normalize_for_reward
-from ofa.metrics.cider import CiderD, build_document_frequency, save_document_frequency
+from ofa.criterions.losses import (
+    drop_worst,
+    label_smoothed_nll_loss,
+    leave_one_out_advantage,
+    mask_logits,
+    parse_constraint_range,
+    scst_loss,
+    symmetric_kl,
+)
+from ofa.criterions.scst_reward_criterion import ScstRewardCriterion
+from ofa.metrics.cider import CiderD, build_document_frequency, normalize_for_reward, save_document_frequency
 
 BOS, PAD, EOS = 0, 1, 2
 WORDS = ["a", "b", "c", "d", "e", "f"]  # ids 4..9
@@ -46,11 +53,18 @@ class FakeTokenizer:
 
 
 class FakeTask:
-    def __init__(self, scst_generator=None):
+    """The task interface the criteria use: dictionaries, a tokenizer and (given a generator) ``build_generator``,
+    which records the options it was asked for."""
+
+    def __init__(self, generator=None):
         self.target_dictionary = self.source_dictionary = make_dict()
         self.tokenizer = FakeTokenizer(self.target_dictionary)
-        if scst_generator is not None:
-            self.scst_generator = scst_generator
+        self.generator_requests = []
+        if generator is not None:
+            def build_generator(models, **options):
+                self.generator_requests.append(options)
+                return generator
+            self.build_generator = build_generator
 
 
 class TableModel(nn.Module):
@@ -453,9 +467,18 @@ def test_normalize_for_reward_strips_punctuation_and_appends_eos():
     assert normalize_for_reward("") == " <eos>"
 
 
-def test_scst_without_scst_generator_raises_a_clear_error():
-    with pytest.raises(RuntimeError, match="--scst"):
+def test_scst_with_a_task_that_builds_no_generator_raises_a_clear_error():
+    with pytest.raises(RuntimeError, match="samples through its task's build_generator"):
         scst()(TableModel(), make_sample(TARGETS[:2], refs=SCST_REFS))
+
+
+def test_scst_builds_its_beam_search_once_through_the_task_with_its_own_options():
+    crit = scst(FakeGenerator(SCST_HYPS), scst_beam=3, scst_max_len_b=7, scst_no_repeat_ngram_size=2)
+    model, sample = TableModel(), make_sample(TARGETS[:2], refs=SCST_REFS)
+    crit(model, sample)
+    crit(model, sample)
+    assert crit.task.generator_requests == [dict(beam_size=3, max_len_b=7, no_repeat_ngram_size=2, min_len=1,
+                                                 max_len_a=0.0)]
 
 
 def test_scst_rewards_match_cider_d_by_hand():
@@ -582,6 +605,6 @@ def test_both_criteria_run_on_the_ofa_test_model_with_the_real_generator(small_d
     loss, size, log = crit(model, [real_batch(2), real_batch(3, image=16)])  # (backward: covered above)
     assert torch.isfinite(loss) and size == 1 and log["total"] == 2 * (7 + 11)  # R-Drop doubles; row 0 has one pad
 
-    task.scst_generator = SequenceGenerator([model], d, beam_size=3, max_len_b=4, no_repeat_ngram_size=3)
-    loss, size, log = ScstRewardCriterion(task, sentence_avg=False)(model, real_batch(2))
+    task.build_generator = lambda models, **options: SequenceGenerator(models, d, **options)
+    loss, size, log = ScstRewardCriterion(task, sentence_avg=False, scst_beam=3, scst_max_len_b=4)(model, real_batch(2))
     assert torch.isfinite(loss) and log["nsentences"] == 6 and size == log["ntokens"] > 0 and model.training

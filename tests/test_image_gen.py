@@ -17,9 +17,9 @@ SIZE, CODES, N = 32, 64, 16
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from ofa.data_utils.synth_image_gen import main as synth_main
     from ofa.tokenizer import load_tokenizer, train_sentencepiece
     from ofa.vqgan import VQGAN, VQGANConfig
+    from ofa_synth.image_gen import main as synth_main
 
     out = tmp_path_factory.mktemp("image_gen")
     torch.manual_seed(0)
@@ -227,19 +227,38 @@ def test_inference_model_returns_images_and_score(env, checkpoint):
         ofa.inference_model(str(checkpoint), task="image_gen", vqgan_path=str(out / "vq"), device="cpu")
 
 
-def test_evaluate_writes_images_and_checker_metrics(env, checkpoint, tmp_path):
+def test_evaluate_writes_images_that_the_benchmark_checker_scores(env, checkpoint, tmp_path):
     from ofa.cli.evaluate import main as evaluate_main
-    from ofa.data_utils.synth.vocab import COLOR_NAMES, SHAPES
-    from ofa.data_utils.synth_image_gen import SceneChecker, load_checker, save_checker
+    from ofa_synth.image_gen import SceneChecker, check_generated, checker_scores, load_checker, save_checker
+    from ofa_synth.vocab import COLOR_NAMES, SHAPES
 
     out, _ = env
     save_checker(SceneChecker(COLOR_NAMES, SHAPES, SIZE, width=4), str(tmp_path / "chk.pt"))
-    assert load_checker(str(tmp_path / "chk.pt")).parse_caption("two red stars") == ("red", "star")
+    checker = load_checker(str(tmp_path / "chk.pt"))
+    assert checker.parse_caption("two red stars") == ("red", "star")
     rc = evaluate_main([str(out / "data" / "image_gen_test.tsv"), "--path", str(checkpoint), "--cpu",
                         "--results-path", str(tmp_path / "res"), "--gen-images-path", str(tmp_path / "img"),
-                        "--checker-path", str(tmp_path / "chk.pt"), "--batch-size", "4"])
+                        "--batch-size", "4"])
     assert rc == 0
     metrics = json.load(open(tmp_path / "res" / "test_metrics.json"))
     preds = json.load(open(tmp_path / "res" / "test_predict.json"))
-    assert {"code_acc", "code_nll", "checker_color_acc", "checker_shape_acc", "checker_both_acc"} <= set(metrics)
+    assert {"code_acc", "code_nll", "sample_logprob"} <= set(metrics)
     assert all(len(p["codes"]) == N and os.path.isfile(p["image"]) for p in preds)
+    checked = check_generated(checker, preds)
+    assert [c["uniq_id"] for c in checked] == [p["uniq_id"] for p in preds]
+    assert all(c["checker"][0] in COLOR_NAMES and c["checker"][1] in SHAPES for c in checked)
+    assert all(c["label"] == checker.parse_caption(p["caption"]) for c, p in zip(checked, preds))
+    scores = checker_scores(checked)
+    assert set(scores) == {"checker_color_acc", "checker_shape_acc", "checker_both_acc"}
+    assert 0 <= scores["checker_both_acc"] <= min(scores["checker_color_acc"], scores["checker_shape_acc"]) <= 1
+
+
+def test_checker_scores_count_colour_shape_and_both():
+    from ofa_synth.image_gen import checker_scores
+
+    checked = [{"checker": ("red", "star"), "label": ("red", "star")},
+               {"checker": ("red", "circle"), "label": ("red", "star")},
+               {"checker": ("blue", "circle"), "label": ("red", "star")},
+               {"checker": ("blue", "star"), "label": (None, "star")}]  # names no colour: not scored
+    assert checker_scores(checked) == {"checker_color_acc": 2 / 3, "checker_shape_acc": 1 / 3, "checker_both_acc": 1 / 3}
+    assert checker_scores([]) == {}

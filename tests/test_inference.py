@@ -20,6 +20,7 @@ from PIL import Image
 import ofa
 import ofa.inference as inf
 from ofa.cli import predict
+from ofa.tasks.closed_set import closed_set_inference
 
 IMAGE_W, IMAGE_H = 100, 72
 PATCH = 64
@@ -29,9 +30,9 @@ PATCH = 64
 def bench(tmp_path_factory):
     from ofa.checkpoint import save_checkpoint
     from ofa.data_utils.images import decode_b64
-    from ofa.data_utils.synth import main as synth_main
     from ofa.model import OFAModel, config_for_arch
     from ofa.tokenizer import load_tokenizer, train_sentencepiece
+    from ofa_synth.writer import main as synth_main
 
     saved_cache_size = inf.CACHE_SIZE
     inf.CACHE_SIZE = 8  # keep every test checkpoint loaded (loading dominates the run time)
@@ -158,8 +159,7 @@ def test_task_aliases_map_to_registered_tasks(alias, name):
 
 
 def test_register_inference_refuses_an_alias_another_task_owns():
-    spec = inf.InferenceSpec(row=lambda image, size, text, premise: {}, predict=inf.closed_set_predict,
-                             aliases=("vqa",))
+    spec = closed_set_inference(row=lambda image, size, text, premise: {}, aliases=("vqa",))
     with pytest.raises(ValueError, match="alias 'vqa' of 'my_vqa' already names the task 'vqa_gen'"):
         inf.register_inference("my_vqa", spec)
     assert "my_vqa" not in inf.INFERENCE and inf.canonical_task("vqa") == "vqa_gen"
@@ -167,8 +167,8 @@ def test_register_inference_refuses_an_alias_another_task_owns():
 
 def test_a_registered_task_and_its_aliases_become_valid_names(monkeypatch):
     monkeypatch.setattr(inf, "INFERENCE", dict(inf.INFERENCE))  # the registry is restored after the test
-    inf.register_inference("object_size", inf.InferenceSpec(row=lambda image, size, text, premise: {},
-                                                            predict=inf.closed_set_predict, aliases=("size",)))
+    inf.register_inference("object_size", closed_set_inference(row=lambda image, size, text, premise: {},
+                                                               aliases=("size",)))
     assert inf.canonical_task("Size") == inf.canonical_task("object_size") == "object_size"
     assert {"object_size", "size"} <= set(inf.valid_task_names())
 

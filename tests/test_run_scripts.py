@@ -213,7 +213,7 @@ def test_per_size_recipe(name, size, lr, drop_path):
 
 def test_task_specific_flags():
     argv, _ = dry_run(TRAIN_SCRIPTS["caption_stage2"], "large")
-    assert option(argv, "--criterion") == "scst_reward_criterion" and "--scst" in argv
+    assert option(argv, "--criterion") == "scst_reward_criterion" and option(argv, "--scst-beam") == "5"
     assert option(argv, "--restore-file").endswith("runs/caption_stage1/large/checkpoint_best.pt")
     assert option(argv, "--end-learning-rate") == "2e-7" and option(argv, "--selected-cols") == "1,4,2"
     argv, _ = dry_run(TRAIN_SCRIPTS["caption_stage1"], "base")
@@ -273,13 +273,13 @@ def test_smoke_dry_run_uses_the_demo_benchmark(tmp_path):
     assert res.returncode == 0, res.stderr
     cmds = commands(res.stdout)
     names = [Path(c[0]).name for c in cmds]
-    assert names == ["ofa-data", "ofa-tokenizer", "ofa-train", "ofa-evaluate"]
-    assert cmds[0][1:] == ["synth", str(tmp_path / "demo_data"), "--num-images", "24", "--image-size", "64",
+    assert names == ["ofa-synth", "ofa-tokenizer", "ofa-train", "ofa-evaluate"]
+    assert cmds[0][1:] == ["generate", str(tmp_path / "demo_data"), "--num-images", "24", "--image-size", "64",
                            "--seed", "0", "--quiet"]
     assert cmds[1][cmds[1].index("--vocab-size") + 1] == "400"
     train = cmds[2]
     assert option(train, "--arch") == "ofa_test" and "--cpu" in train and option(train, "--max-update") == "2"
-    assert option(train, "--patch-image-size") == "64" and "--scst" in train
+    assert option(train, "--patch-image-size") == "64" and option(train, "--criterion") == "scst_reward_criterion"
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 

@@ -1,4 +1,4 @@
-"""The embedded benchmark generator (``ofa.data_utils.synth``): determinism, official formats, correct
+"""The embedded benchmark generator (``ofa_synth``): determinism, official formats, correct
 boxes and answers, and the compositional split. About 40 images per run, so the whole file is fast."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 
 from ofa.data_utils.formats import get_schema, parse_answers, parse_box
 from ofa.data_utils.images import decode_b64
-from ofa.data_utils.synth import SynthConfig, generate, main
-from ofa.data_utils.synth.vocab import COLORS, SHAPES, SIZES
+from ofa_synth import SynthConfig, generate
+from ofa_synth.vocab import COLORS, SHAPES, SIZES
+from ofa_synth.writer import main
 
 N, SEED, SIZE = 40, 3, 128
 SPLITS = ("train", "valid", "test", "comp")
@@ -235,8 +236,8 @@ def test_no_relation_word_gives_the_entailment_label_away():
     labels (the generator once said only 'left of' / 'above' for true and 'right of' / 'below' for false)."""
     import random
 
-    from ofa.data_utils.synth.language import hypothesis_candidates
-    from ofa.data_utils.synth.scenes import all_combos, sample_scene
+    from ofa_synth.language import hypothesis_candidates
+    from ofa_synth.scenes import all_combos, sample_scene
 
     words = ("to the left of", "to the right of", "above", "below")
     by_word = {w: Counter() for w in words}
@@ -359,7 +360,7 @@ def test_comp_split_is_about_held_out_combos(out):
 
 
 def test_splits_take_their_fractions_and_never_share_an_image():
-    from ofa.data_utils.synth.splits import split_of
+    from ofa_synth.splits import split_of
     counts = Counter(split_of(i, 0.1, 0.1, 0.1) for i in range(1000))
     assert counts == {"train": 700, "valid": 100, "test": 100, "comp": 100}
     counts = Counter(split_of(i, 0.05, 0.2, 0.0) for i in range(1000))
@@ -372,7 +373,7 @@ def test_manifest_counts_every_file_and_records_speed(out):
     with open(out / "manifest.json") as f:
         m = json.load(f)
     assert m["seed"] == SEED and m["num_images"] == N and m["image_size"] == [SIZE, SIZE]
-    from ofa.data_utils.synth.version import GENERATOR_VERSION
+    from ofa_synth.version import GENERATOR_VERSION
 
     assert m["generator_version"] == GENERATOR_VERSION  # scripts/main_job.py regenerates older benchmarks
     assert sum(m["images_per_split"].values()) == N and m["images_per_split"]["test"] > 0 and m["images_per_split"]["comp"] > 0

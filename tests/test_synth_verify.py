@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from ofa.data_utils.formats import parse_answers
-from ofa.data_utils.synth.language import NUMBER_WORDS, REL_MARGIN, pick_balanced, unique_phrases, verify_questions
-from ofa.data_utils.synth.records import SynthConfig, make_record
-from ofa.data_utils.synth.scenes import Scene
-from ofa.data_utils.synth.splits import allowed_combos, choose_held_out
+from ofa_synth.language import NUMBER_WORDS, REL_MARGIN, pick_balanced, unique_phrases, verify_questions
+from ofa_synth.records import SynthConfig, make_record
+from ofa_synth.scenes import Scene
+from ofa_synth.splits import allowed_combos, choose_held_out
 
 CFG = SynthConfig(seed=0, num_images=10 ** 6, image_size=64)
 
@@ -98,7 +98,7 @@ def test_pick_balanced_alternates_answers_and_covers_the_kinds():
 
 @pytest.mark.parametrize("k", [0, 4])
 def test_synth_pretrain_writes_verification_rows_beside_the_benchmark_rows(tmp_path, k):
-    from ofa.data_utils.synth_pretrain import main as pretrain_main
+    from ofa_synth.pretrain import main as pretrain_main
 
     pretrain_main([str(tmp_path / "v"), "--num-images", "12", "--image-size", "48", "--verify-per-scene", str(k),
                    "--quiet"])

@@ -28,7 +28,7 @@ FILES = {"caption": "caption", "refcoco": "refcoco", "vqa_gen": "vqa", "snli_ve"
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """A 24-image embedded benchmark at 64 px and a SentencePiece tokenizer trained on its text."""
-    from ofa.data_utils.synth import main as synth_main
+    from ofa_synth.writer import main as synth_main
     from ofa.tokenizer import train_sentencepiece
 
     out = tmp_path_factory.mktemp("synth")
@@ -187,7 +187,7 @@ def test_layer_init_std_from_the_command_line_sets_the_fresh_models_layer_weight
 def test_a_checkpoint_of_another_task_gives_no_generation_settings_or_answers():
     """Zero-shot grounding from a unify checkpoint: a box is 4 tokens whatever the pretraining decoded."""
     import ofa.tasks  # noqa: F401  (registers the tasks)
-    from ofa.cli.evaluate import build_task_config
+    from ofa.task_config import build_task_config
 
     saved = {"_name": "unify", "eval_min_len": 1, "eval_max_len_b": 16, "patch_image_size": 64, "num_bins": 32,
              "ans2label_file": "pretraining_answers.json"}

@@ -35,7 +35,7 @@ E2E = {
 
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory):
-    from ofa.data_utils.synth_text import main as synth_text_main
+    from ofa_synth.text import main as synth_text_main
     from ofa.tokenizer import train_sentencepiece
 
     out = tmp_path_factory.mktemp("synth_text")
@@ -60,7 +60,7 @@ def dataset(cls, path, tok, split="valid", cfg=None):
 
 # ------------------------------------------------------------------------------------------ data
 def test_synth_text_is_deterministic_and_complete(text_data, tmp_path):
-    from ofa.data_utils.synth_text import generate
+    from ofa_synth.text import generate
 
     files = generate(str(tmp_path), num=32, seed=0)
     for name in files:

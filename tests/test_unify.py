@@ -22,8 +22,8 @@ from ofa.data_utils.unify_dataset import NegativePools, UnifyDataConfig, UnifyDa
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
     """Embedded benchmark (8 images, 64 px) + tokenizer + pretraining sources with a tiny random VQGAN."""
-    from ofa.data_utils.synth import main as synth_main
-    from ofa.data_utils.synth_pretrain import main as pretrain_main
+    from ofa_synth.writer import main as synth_main
+    from ofa_synth.pretrain import main as pretrain_main
     from ofa.tokenizer import load_tokenizer, train_sentencepiece
     from ofa.vqgan import VQGAN, VQGANConfig
 
@@ -244,7 +244,7 @@ def test_synth_pretrain_keeps_held_out_pairs_out(src):
 
 
 def test_synth_pretrain_without_vqgan_writes_no_codes(tmp_path):
-    from ofa.data_utils.synth_pretrain import main as pretrain_main
+    from ofa_synth.pretrain import main as pretrain_main
 
     pretrain_main([str(tmp_path), "--num-images", "3", "--image-size", "48", "--quiet"])
     assert not (tmp_path / "pretrain_image.tsv").exists()

@@ -13,7 +13,7 @@ import torch
 
 from ofa.vqgan import convert
 from ofa.vqgan.cli import main as vqgan_main
-from ofa.vqgan.codes import parse_codes
+from ofa.data_utils.codes import parse_codes
 from ofa.vqgan.metrics import gaussian_window, psnr, ssim
 from ofa.vqgan.model import (VQGAN, EMAVectorQuantizer, GumbelQuantizer, VectorQuantizer, VQGANConfig,
                              codebook_stats)
@@ -348,8 +348,8 @@ PSNR_THRESHOLD = 17.0
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from ofa.data_utils.synth.records import SynthConfig
-    from ofa.data_utils.synth.writer import generate
+    from ofa_synth.records import SynthConfig
+    from ofa_synth.writer import generate
 
     root = tmp_path_factory.mktemp("vqgan")
     data = root / "synth"

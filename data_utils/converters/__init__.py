@@ -15,9 +15,9 @@ import argparse
 import sys
 from typing import Callable, Dict, List, Optional
 
-from ..errors import DataError
-from . import coco_caption, image_folder, refcoco, snli_ve, vqa
-from ._common import ConvertResult, add_common_arguments
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.converters import coco_caption, image_folder, refcoco, snli_ve, vqa
+from ofa.data_utils.converters._common import ConvertResult, add_common_arguments
 
 _MODULES = {m.NAME: m for m in (coco_caption, refcoco, vqa, image_folder, snli_ve)}
 CONVERTERS: Dict[str, Callable[..., ConvertResult]] = {name: m.convert for name, m in _MODULES.items()}

@@ -7,12 +7,12 @@ import os
 import pickle
 import re
 import string
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, Mapping, Optional
 
-from ..errors import DataError
-from ..images import decode_bytes
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.images import decode_bytes
+from ofa.io_utils import write_atomic
 
 # every character that ``str.splitlines`` treats as a line break, plus the tab: none may reach a TSV field
 _BREAKS = re.compile("[\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -63,20 +63,6 @@ def json_list(data: Any, key: str, path: str) -> list:
     return data[key]
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_mapping(path: str, mapping: Dict[str, int]) -> Dict[str, str]:
     """Write ``mapping`` as a pickle (``<stem>.pkl``) and as JSON (``<stem>.json``); ``path`` gives the stem.
 
@@ -88,8 +74,8 @@ def write_mapping(path: str, mapping: Dict[str, int]) -> Dict[str, str]:
     pkl_path = path if ext.lower() in (".pkl", ".pickle", ".p") else stem + ".pkl"
     json_path = path if ext.lower() == ".json" else stem + ".json"
     plain = {str(k): int(v) for k, v in mapping.items()}
-    _atomic_write(pkl_path, pickle.dumps(plain, protocol=4))
-    _atomic_write(json_path, (json.dumps(plain, ensure_ascii=False, indent=0) + "\n").encode("utf-8"))
+    write_atomic(pkl_path, pickle.dumps(plain, protocol=4))
+    write_atomic(json_path, json.dumps(plain, ensure_ascii=False, indent=0) + "\n")
     return {"pickle": pkl_path, "json": json_path}
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from ..errors import DataError
-from ..formats import get_schema
-from ..tsv_writer import write_tsv
-from ._common import (ConvertResult, ImageReader, caption_text, json_list, load_json, require)
+from ofa.data_utils.converters._common import ConvertResult, ImageReader, caption_text, json_list, load_json, require
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import get_schema
+from ofa.data_utils.tsv_writer import write_tsv
 
 NAME = "coco_caption"
 HELP = "COCO captions JSON (+ Karpathy split) + image folder -> caption TSV"

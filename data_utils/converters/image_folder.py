@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
-from ..errors import DataError
-from ..formats import get_schema
-from ..tsv_writer import write_tsv
-from ._common import ConvertResult, ImageReader, clean_text, write_mapping
+from ofa.data_utils.converters._common import ConvertResult, ImageReader, clean_text, write_mapping
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import get_schema
+from ofa.data_utils.tsv_writer import write_tsv
 
 NAME = "image_folder"
 HELP = "ImageNet-layout folder tree (root/<class>/*.jpg) -> image_classify TSV (+ class2label)"

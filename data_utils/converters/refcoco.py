@@ -11,11 +11,19 @@ from __future__ import annotations
 import numbers
 from typing import Any, Dict
 
-from ..errors import DataError
-from ..formats import get_schema
-from ..tsv_writer import write_tsv
-from ._common import ConvertResult, ImageReader, clean_text, format_number, json_list, load_json, require
-from .safe_pickle import safe_load
+from ofa.data_utils.converters._common import (
+    ConvertResult,
+    ImageReader,
+    clean_text,
+    format_number,
+    json_list,
+    load_json,
+    require,
+)
+from ofa.data_utils.converters.safe_pickle import safe_load
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import get_schema
+from ofa.data_utils.tsv_writer import write_tsv
 
 NAME = "refcoco"
 HELP = "RefCOCO/+/g refs pickle or JSON + instances.json + COCO images -> refcoco TSV"

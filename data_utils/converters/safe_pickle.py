@@ -9,7 +9,7 @@ import builtins
 import pickle
 from typing import Any
 
-from ..errors import DataError
+from ofa.data_utils.errors import DataError
 
 # the only globals a plain-data pickle may name (Python 2 pickles say ``__builtin__``)
 _ALLOWED = {"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool"}

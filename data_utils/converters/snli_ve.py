@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
-from ..errors import DataError
-from ..formats import get_schema
-from ..tsv_writer import write_tsv
-from ._common import ConvertResult, ImageReader, clean_text, require
+from ofa.data_utils.converters._common import ConvertResult, ImageReader, clean_text, require
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import get_schema
+from ofa.data_utils.tsv_writer import write_tsv
 
 NAME = "snli_ve"
 HELP = "SNLI-VE JSONL + Flickr30k images -> snli_ve TSV"

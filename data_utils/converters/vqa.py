@@ -19,10 +19,18 @@ from __future__ import annotations
 from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
-from ..errors import DataError
-from ..formats import format_answers, get_schema
-from ..tsv_writer import write_tsv
-from ._common import ConvertResult, ImageReader, clean_text, json_list, load_json, require, write_mapping
+from ofa.data_utils.converters._common import (
+    ConvertResult,
+    ImageReader,
+    clean_text,
+    json_list,
+    load_json,
+    require,
+    write_mapping,
+)
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.formats import format_answers, get_schema
+from ofa.data_utils.tsv_writer import write_tsv
 
 NAME = "vqa"
 HELP = "VQA v2 questions (+ annotations) JSON + COCO images -> vqa TSV (+ ans2label)"

@@ -13,7 +13,6 @@ scorers, offline; METEOR needs Java).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -23,7 +22,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from .common import import_user_dir, setup
+from ofa.cli.common import import_user_dir, setup
+from ofa.task_config import build_task_config
 
 logger = logging.getLogger("ofa.evaluate")
 
@@ -37,35 +37,6 @@ def _task_options(parser: argparse.ArgumentParser, task_name: str):
     group = parser.add_argument_group(f"{task_name} options")
     gen_parser_from_dataclass(group, TASK_DATACLASS_REGISTRY[task_name](), delete_default=True)
     return TASK_DATACLASS_REGISTRY[task_name]
-
-
-def build_task_config(task_name: str, saved: Dict[str, Any], cli: Dict[str, Any]):
-    """Task dataclass from its defaults, then the checkpoint's saved values, then the command line.
-
-    A checkpoint saved by another task (``saved["_name"]``, e.g. a ``unify`` pretraining checkpoint
-    evaluated zero-shot as ``refcoco``) gives no generation settings (``eval_*``: a box is exactly four
-    tokens, whatever the pretraining decoded) and no candidate answers (``ans2label_file``); its image,
-    tokenizer and vocabulary options still apply.
-    """
-    from fairseq.tasks import TASK_DATACLASS_REGISTRY
-
-    dc = TASK_DATACLASS_REGISTRY[task_name]
-    if saved.get("_name") not in (None, task_name):
-        saved = {k: v for k, v in saved.items() if k != "ans2label_file" and not k.startswith("eval_")}
-    def usable(v):  # saved values may hold unresolved OmegaConf interpolations
-        return v is not None and not (isinstance(v, str) and "${" in v)
-
-    values = {}
-    for f in dataclasses.fields(dc):
-        if f.name.startswith("_"):
-            continue
-        for source in (cli, saved):
-            if usable(source.get(f.name)):
-                values[f.name] = source[f.name]
-                break
-    values.setdefault("seed", 1)
-    values.setdefault("num_workers", 0)
-    return dc(**values)
 
 
 def _distributed():
@@ -83,12 +54,9 @@ def _move(sample, device):
 
 
 def _atomic_json(path: str, obj) -> None:
-    from ofa.checkpoint import _atomic_write
+    from ofa.io_utils import write_atomic
 
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-    _atomic_write(path, write)
+    write_atomic(path, json.dumps(obj, indent=1))
 
 
 def evaluate(model, task, split: str, batch_size: int, device) -> Dict[str, Any]:

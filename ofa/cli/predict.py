@@ -70,7 +70,7 @@ def format_result(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .common import import_user_dir, setup
+    from ofa.cli.common import import_user_dir, setup
 
     setup()
     import_user_dir(args.user_dir)

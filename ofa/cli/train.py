@@ -12,17 +12,15 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import configure_distributed, setup
+from ofa.cli.common import configure_distributed, setup
 
 
 def main(argv=None) -> None:
     setup()
-    from fairseq import options
+    from fairseq import checkpoint_utils, options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.distributed import utils as distributed_utils
     from fairseq_cli.train import main as train_main
-
-    from fairseq import checkpoint_utils
 
     # fairseq keeps the best validation score on a function attribute; a second run in the same
     # process (tests, notebooks) must not inherit the first run's best

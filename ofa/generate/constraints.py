@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .trie import Trie
+from ofa.generate.trie import Trie
 
 
 class TokenRange:

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .constraints import NGramBlocker, TokenRange, TrieConstraint
-from .search import BeamSearch, Sampling
-from .trie import Trie
+from ofa.generate.constraints import NGramBlocker, TokenRange, TrieConstraint
+from ofa.generate.search import BeamSearch, Sampling
+from ofa.generate.trie import Trie
 
 
 class SequenceGenerator:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import string
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -28,6 +29,18 @@ import numpy as np
 
 Ngram = Tuple[str, ...]
 DocumentFrequency = Dict[Ngram, float]
+
+
+_PUNCT = str.maketrans({c: None for c in string.punctuation})
+
+
+def normalize_for_reward(text: str) -> str:
+    """A caption as the SCST reward and its cached document frequencies see it (official
+    ``_wrap_sentence(s.strip().translate(no_punct))``): ``"A dog, running." -> "A dog running <eos>"``."""
+    r = text.strip().translate(_PUNCT).strip()
+    if r.endswith("."):
+        r = r[:-1]
+    return r + " <eos>"
 
 
 def ngram_counts(sentence: str, n: int = 4) -> Dict[Ngram, int]:

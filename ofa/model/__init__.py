@@ -1,5 +1,5 @@
 """The OFA network: config and size presets, attention, layers, image backbone, encoder, decoder."""
-from .config import ARCHS, RELEASED_FLAGS, OFAModelConfig, config_for_arch
-from .ofa_model import OFAModel
+from ofa.model.config import ARCHS, RELEASED_FLAGS, OFAModelConfig, config_for_arch
+from ofa.model.ofa_model import OFAModel
 
 __all__ = ["OFAModel", "OFAModelConfig", "ARCHS", "RELEASED_FLAGS", "config_for_arch"]

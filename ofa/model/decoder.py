@@ -19,9 +19,9 @@ import torch
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
-from .attention import State
-from .layers import DecoderLayer
-from .positions import code_position_ids, image_bucket_table, token_bucket_table
+from ofa.model.attention import State
+from ofa.model.layers import DecoderLayer
+from ofa.model.positions import code_position_ids, image_bucket_table, token_bucket_table
 
 
 def _per_sample(mask: Optional[Tensor], when_true, when_false):

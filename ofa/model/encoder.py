@@ -21,9 +21,9 @@ import torch
 from fairseq.models import FairseqEncoder
 from torch import Tensor, nn
 
-from .layers import EncoderLayer
-from .positions import image_bucket_table, patch_position_ids, token_bucket_table
-from .resnet import build_image_backbone
+from ofa.model.layers import EncoderLayer
+from ofa.model.positions import image_bucket_table, patch_position_ids, token_bucket_table
+from ofa.model.resnet import build_image_backbone
 
 
 class OFAEncoder(FairseqEncoder):

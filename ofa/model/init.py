@@ -5,9 +5,10 @@ ResNet: weights ~ N(0, 0.02), zero biases and padding rows (``init_bert_params``
 widths 256-1280. At width 128 (the CPU main job) it is 4.4x below a fan-in scale (1 / sqrt(128) = 0.088),
 and attention logits ``q . k``, a product of two such projections, start about 20x smaller; there the
 grounding stage mostly learned to box the scene's salient object, not the one the text names, and a
-larger std let it use the text sooner (README, "What the main job reaches"). ``layer_init_std`` re-draws the
-encoder and decoder layers' attention (q, k, v, out) and FFN (fc1, fc2) weights with another std;
-embeddings, the image projection, the position projections and the relative-position tables keep 0.02.
+larger std let it use the text sooner (experiments/README.md, "What the main job reaches").
+``layer_init_std`` re-draws the encoder and decoder layers' attention (q, k, v, out) and FFN (fc1, fc2)
+weights with another std; embeddings, the image projection, the position projections and the
+relative-position tables keep 0.02.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiheadAttention, State
+from ofa.model.attention import MultiheadAttention, State
 
 
 class DropPath(nn.Module):

@@ -12,10 +12,10 @@ import torch
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from torch import Tensor, nn
 
-from .config import ARCHS, OFAModelConfig, arch_overrides
-from .decoder import OFADecoder
-from .encoder import OFAEncoder
-from .init import init_bert_params, init_layer_weights
+from ofa.model.config import ARCHS, OFAModelConfig, arch_overrides
+from ofa.model.decoder import OFADecoder
+from ofa.model.encoder import OFAEncoder
+from ofa.model.init import init_bert_params, init_layer_weights
 
 
 @register_model("ofa", dataclass=OFAModelConfig)

@@ -15,7 +15,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .layers import DropPath
+from ofa.model.layers import DropPath
 
 RESNET_LAYERS = {
     # "resnet34" in OFA is the same [3, 4, 6] Bottleneck stack as resnet50 (official quirk)

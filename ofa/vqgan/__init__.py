@@ -3,13 +3,14 @@
 - ``model``: ``VQGAN`` / ``VQGANConfig`` (encoder, decoder, gumbel / vq / ema quantizers);
   ``encode(images) -> codes [B, H/f, W/f]``, ``decode(codes) -> images``.
 - ``convert``: read the official taming-transformers / OFA checkpoint (``last.ckpt`` + ``model.yaml``)
-  safely and strictly, and write that format.
+  safely and strictly, and write that format; ``open_vqgan`` loads a checkpoint file or the folder
+  holding one.
 - ``train`` / ``cli``: ``ofa-vqgan train | eval | encode | decode | info``.
 - ``metrics``: PSNR and SSIM in torch.
-- ``codes``: the parser of code text (``"12 7"`` or ``"<code_12> <code_7>"``) every reader shares.
 """
-from .convert import CheckpointFormatError, load_official, load_vqgan, read_state_dict, save_official
-from .model import VQGAN, VQGANConfig, codebook_stats
+from ofa.vqgan.convert import (CheckpointFormatError, find_vqgan, load_official, load_vqgan, open_vqgan, read_state_dict,
+                               save_official)
+from ofa.vqgan.model import VQGAN, VQGANConfig, codebook_stats
 
 
 def codes_to_tokens(codes, code_offset: int = 50265):
@@ -22,5 +23,5 @@ def tokens_to_codes(tokens, code_offset: int = 50265):
     return tokens - code_offset
 
 
-__all__ = ["VQGAN", "VQGANConfig", "codebook_stats", "CheckpointFormatError", "load_official", "load_vqgan",
-           "read_state_dict", "save_official", "codes_to_tokens", "tokens_to_codes"]
+__all__ = ["VQGAN", "VQGANConfig", "codebook_stats", "CheckpointFormatError", "find_vqgan", "load_official", "load_vqgan",
+           "open_vqgan", "read_state_dict", "save_official", "codes_to_tokens", "tokens_to_codes"]

@@ -20,8 +20,9 @@ from typing import List, Optional
 
 import torch
 
-from .codes import CodeError, code_grid, parse_codes
-from .train import TrainArgs
+from ofa.data_utils.codes import CodeError, code_grid, parse_codes
+from ofa.io_utils import AtomicFile, atomic_output, write_atomic
+from ofa.vqgan.train import TrainArgs
 
 
 def _ints(text: str) -> List[int]:
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from .convert import load_vqgan
+    from ofa.vqgan.convert import load_vqgan
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -127,7 +128,7 @@ def _load(args):
 
 
 def _train(args) -> int:
-    from .train import train
+    from ofa.vqgan.train import train
 
     fields = {k: v for k, v in vars(args).items() if k != "command"}
     summary = train(TrainArgs(**fields))
@@ -136,8 +137,8 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .data import load_images, to_model_range, to_uint8
-    from .train import evaluate
+    from ofa.vqgan.data import load_images, to_model_range, to_uint8
+    from ofa.vqgan.train import evaluate
 
     model = _load(args)
     size = args.image_size or model.config.resolution
@@ -153,17 +154,17 @@ def _eval(args) -> int:
             rec = to_uint8(model.decode(model.encode(x, stochastic=args.stochastic))).cpu()
             for j in range(len(x)):
                 pair = torch.cat([images[start + j], rec[j]], dim=2).permute(1, 2, 0).numpy()
-                Image.fromarray(pair).save(os.path.join(args.save_recon, f"{start + j:05d}.png"))
+                with atomic_output(os.path.join(args.save_recon, f"{start + j:05d}.png")) as tmp:
+                    Image.fromarray(pair).save(tmp, format="PNG")
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        write_atomic(args.json, text + "\n")
     return 0
 
 
 def _encode(args) -> int:
-    from .data import iter_images, prepare, to_model_range
+    from ofa.vqgan.data import iter_images, prepare, to_model_range
 
     model = _load(args)
     size = args.image_size or model.config.resolution
@@ -178,9 +179,8 @@ def _encode(args) -> int:
             text = " ".join(f"<code_{c}>" for c in row) if args.tokens else " ".join(map(str, row))
             out.write(f"{name}\t{text}\n")
 
-    tmp = args.out + ".partial"
     n, batch, names = 0, [], []
-    with open(tmp, "w") as out:
+    with AtomicFile(args.out, "w") as out:  # a failed run leaves no half-written codes file
         for name, image in iter_images(args.images, args.schema, args.image_column):
             arr = torch.from_numpy(prepare(image, size))
             if crop is not None:
@@ -196,14 +196,13 @@ def _encode(args) -> int:
                 break
         if batch:
             flush(batch, names, out)
-    os.replace(tmp, args.out)
     side = (crop or size) // model.factor
     print(f"wrote {n} rows of {side}x{side} = {side * side} codes to {args.out}")
     return 0
 
 
 def _decode(args) -> int:
-    from .data import to_pil
+    from ofa.vqgan.data import to_pil
 
     model = _load(args)
     grid = tuple(int(v) for v in args.grid.lower().split("x")) if args.grid else None
@@ -223,15 +222,16 @@ def _decode(args) -> int:
             image = model.decode(torch.tensor(codes).view(1, h, w))[0].cpu()
             name = fields[0] if len(fields) > 1 else str(lineno)
             safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or str(lineno)
-            to_pil(image).save(os.path.join(args.out, f"{safe}.png"))
+            with atomic_output(os.path.join(args.out, f"{safe}.png")) as tmp:
+                to_pil(image).save(tmp, format="PNG")
             n += 1
     print(f"wrote {n} images to {args.out}")
     return 0
 
 
 def _info(args) -> int:
-    from .convert import describe
-    from .model import count_parameters
+    from ofa.vqgan.convert import describe
+    from ofa.vqgan.model import count_parameters
 
     model = _load(args)
     print(describe(model))

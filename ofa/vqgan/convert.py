@@ -44,7 +44,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
-from .model import VQGAN, VQGANConfig, attention_levels
+from ofa.io_utils import atomic_output, write_atomic
+from ofa.vqgan.model import VQGAN, VQGANConfig, attention_levels
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +337,28 @@ def load_vqgan(path: str, config_path: Optional[str] = None, map_location: str =
     return model.eval().to(map_location)
 
 
+VQGAN_FILES = ("model.pt", "last.ckpt", "vqgan.ckpt", "model.safetensors")  # looked for in a folder, in order
+
+
+def find_vqgan(path: str) -> Tuple[str, Optional[str]]:
+    """``(checkpoint, taming model.yaml or None)`` of a VQGAN checkpoint file or of the folder holding one
+    (``VQGAN_FILES``; ``model.yaml`` beside an official ``last.ckpt``)."""
+    if os.path.isfile(path):
+        return path, None
+    for name in VQGAN_FILES:
+        p = os.path.join(path, name)
+        if os.path.isfile(p):
+            cfg = os.path.join(path, "model.yaml")
+            return p, (cfg if name == "last.ckpt" and os.path.isfile(cfg) else None)
+    raise FileNotFoundError(f"no VQGAN checkpoint ({', '.join(VQGAN_FILES)}) in {path}")
+
+
+def open_vqgan(path: str, map_location: str = "cpu") -> VQGAN:
+    """``load_vqgan`` of the checkpoint that ``find_vqgan`` finds at ``path`` (a file or a folder)."""
+    checkpoint, config = find_vqgan(path)
+    return load_vqgan(checkpoint, config, map_location=map_location)
+
+
 # --------------------------------------------------------------------------------------------------
 # writing
 
@@ -354,25 +377,12 @@ def save_official(model: VQGAN, ckpt_path: str, yaml_path: Optional[str] = None,
     sd.update(extra_state or {})
     ckpt = {"epoch": epoch, "global_step": global_step, "pytorch-lightning_version": "1.0.8",
             "state_dict": sd, "optimizer_states": [], "lr_schedulers": []}
-    _atomic_torch_save(ckpt, ckpt_path)
+    with atomic_output(ckpt_path) as tmp:
+        torch.save(ckpt, tmp)
     if yaml_path:
         import yaml
 
-        tmp = yaml_path + ".tmp"
-        with open(tmp, "w") as f:
-            yaml.safe_dump(taming_cfg, f, sort_keys=False)
-        os.replace(tmp, yaml_path)
-
-
-def _atomic_torch_save(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        write_atomic(yaml_path, yaml.safe_dump(taming_cfg, sort_keys=False))
 
 
 def describe(model: VQGAN) -> str:

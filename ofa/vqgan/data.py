@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data_utils.errors import DataError
-from ..data_utils.images import decode_b64, decode_bytes
+from ofa.data_utils.errors import DataError
+from ofa.data_utils.images import decode_b64, decode_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -87,7 +87,7 @@ def iter_images(path: str, schema: Optional[str] = None, column: Union[str, int,
     if path.lower().endswith(IMAGE_EXTENSIONS):
         yield os.path.basename(path), Image.open(path)
         return
-    from ..data_utils.readers import open_reader
+    from ofa.data_utils.readers import open_reader
 
     if schema is None and column is None and not path.endswith((".h5", ".hdf5")):
         probe = open_reader(path)

@@ -31,10 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .convert import _atomic_torch_save, config_to_taming_dict, save_official
-from .data import load_images, to_model_range
-from .metrics import RunningQuality
-from .model import VQGAN, GumbelQuantizer, VQGANConfig, codebook_stats, count_parameters
+from ofa.io_utils import atomic_output, write_atomic
+from ofa.vqgan.convert import config_to_taming_dict, save_official
+from ofa.vqgan.data import load_images, to_model_range
+from ofa.vqgan.metrics import RunningQuality
+from ofa.vqgan.model import VQGAN, GumbelQuantizer, VQGANConfig, codebook_stats, count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ def save_checkpoint(model: VQGAN, path: str, step: int = 0, train_args: Optional
     obj = {"format": CHECKPOINT_FORMAT, "version": 1, "config": model.config.to_dict(),
            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
            "step": int(step), "train_args": _jsonable(train_args or {}), "metrics": _jsonable(metrics or {})}
-    _atomic_torch_save(obj, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _jsonable(d):
@@ -160,11 +162,7 @@ def _jsonable(d):
 
 
 def _write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def train(args: TrainArgs, log: Callable[[str], None] = print) -> Dict:

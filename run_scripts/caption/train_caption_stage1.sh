@@ -45,7 +45,7 @@
 #   (the official Large stage-1 script reaches about 139.5 validation CIDEr).
 #
 # CPU demo (what CI runs; about a minute): run_scripts/caption/train_caption_stage1.sh --smoke  (or SMOKE=1)
-#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-data synth, 24 images at
+#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-synth generate, 24 images at
 #   64 px, plus an ofa-tokenizer vocabulary), trains 2 updates of the ofa_test arch at 64 px with --cpu,
 #   then ofa-evaluate writes $SMOKE_DIR/caption_stage1/results/test_metrics.json
 #   (SMOKE_DIR [<repo>/runs/smoke]); the stage-2 demo starts from this checkpoint.

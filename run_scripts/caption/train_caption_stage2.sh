@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2034  # the recipe variables below are read by common.sh's functions
 # run_scripts/caption/train_caption_stage2.sh: COCO captioning stage 2, CIDEr optimisation (self-critical
-# sequence training: --criterion scst_reward_criterion --scst; the 5 beam hypotheses of each image are its
+# sequence training: --criterion scst_reward_criterion; the 5 beam hypotheses of each image are its
 # samples, with a leave-one-out baseline), restored from the stage-1 best checkpoint (the official
 # run_scripts/caption/train_caption_stage2*.sh).
 #
@@ -71,8 +71,8 @@ FREEZE_EMBEDDINGS=1
 FP16_FLAG=--memory-efficient-fp16
 
 TASK_ARGS=(
-    --task caption --selected-cols "1,4,2" --scst --scst-beam 5 --scst-max-len-b 16 --scst-no-repeat-ngram-size 3
-    --criterion scst_reward_criterion
+    --task caption --selected-cols "1,4,2"
+    --criterion scst_reward_criterion --scst-beam 5 --scst-max-len-b 16 --scst-no-repeat-ngram-size 3
     --max-src-length 80 --max-tgt-length 20 --num-bins 1000
     --dropout 0.0 --attention-dropout 0.0
     --encoder-drop-path-rate 0.0 --decoder-drop-path-rate 0.0 --resnet-drop-path-rate 0.0

@@ -40,7 +40,7 @@
 #   implemented here); no official numbers for tiny, medium, base or huge.
 #
 # CPU demo (what CI runs; about a minute): run_scripts/image_classify/train_image_classify.sh --smoke
-#   (or SMOKE=1) builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-data synth,
+#   (or SMOKE=1) builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-synth generate,
 #   24 images at 64 px, its class_names.txt, plus an ofa-tokenizer vocabulary), trains 2 updates of the
 #   ofa_test arch at 64 px with --cpu, then ofa-evaluate writes
 #   $SMOKE_DIR/image_classify/results/test_metrics.json (SMOKE_DIR [<repo>/runs/smoke]).

@@ -10,7 +10,7 @@
 # fp16 scale window 128, --disable-validation, save every 6000 updates, keep the last 15 epochs.
 # It continues from the released checkpoint (RESTORE_FILE, default $CKPT_DIR/ofa_<size>.pt);
 # RESTORE_FILE=none pretrains from scratch; with a randomly initialised ResNet (no ImageNet weights) pass
-# --image-backbone-lr-scale 0.1, which kept its shape features on the embedded data (README).
+# --image-backbone-lr-scale 0.1, which kept its shape features on the embedded data (experiments/README.md).
 # The global batch of the released models is not known (docs/tasks.md 3.4); EFFECTIVE_BATCH [4] sets it
 # (update_freq is derived from it).
 #
@@ -23,8 +23,8 @@
 #   NEG_SAMPLE_DIR  negative_sample/ (type2ans.json, object.txt, all_captions.txt)
 # A source whose file is missing is left out of the mixture (with a warning).
 #
-# --smoke: CPU demo. Makes the embedded benchmark's pretraining sources (python -m
-# ofa.data_utils.synth_pretrain, train-split scenes only; no image-infilling file unless VQGAN_DIR
+# --smoke: CPU demo. Makes the embedded benchmark's pretraining sources (ofa-synth pretrain,
+# train-split scenes only; no image-infilling file unless VQGAN_DIR
 # names a VQGAN checkpoint folder, since codes are never invented), then 2 updates of ofa_test at 64 px
 # with code-image-size 32. No evaluation follows (pretraining has no metric).
 #
@@ -48,9 +48,7 @@ if [[ "$SMOKE" == 1 ]]; then
     ofa_demo_data
     PRE_DIR=$DEMO_DIR/pretrain
     if [[ ! -f "$PRE_DIR/pretrain_manifest.json" ]]; then
-        py="$(dirname "$(ofa_bin ofa-train)")/python"
-        [[ -x "$py" ]] || py=python3
-        gen=("$py" -m ofa.data_utils.synth_pretrain "$PRE_DIR" --num-images 40 --image-size 64 --seed 0
+        gen=("$(ofa_bin ofa-synth)" pretrain "$PRE_DIR" --num-images 40 --image-size 64 --seed 0
              --code-image-size 32 --quiet)
         [[ -n "${VQGAN_DIR:-}" ]] && gen+=(--vqgan "$VQGAN_DIR")
         ofa_run "${gen[@]}"

@@ -46,7 +46,7 @@
 #   huge    RefCOCO 92.04 94.03 88.44   RefCOCO+ 87.86 91.70 80.71   RefCOCOg 88.07 88.78
 #
 # CPU demo (what CI runs; about a minute): run_scripts/refcoco/train_refcoco.sh --smoke   (or SMOKE=1)
-#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-data synth, 24 images at
+#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-synth generate, 24 images at
 #   64 px, plus an ofa-tokenizer vocabulary), trains 2 updates of the ofa_test arch at 64 px with --cpu,
 #   then ofa-evaluate writes $SMOKE_DIR/refcoco/results/test_metrics.json (SMOKE_DIR [<repo>/runs/smoke]).
 set -euo pipefail

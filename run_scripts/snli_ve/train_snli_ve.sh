@@ -40,7 +40,7 @@
 #   tiny 85.3 / 85.2   medium 86.6 / 87.0   base 89.3 / 89.2   large 90.3 / 90.2   huge 91.0 / 91.2
 #
 # CPU demo (what CI runs; about a minute): run_scripts/snli_ve/train_snli_ve.sh --smoke   (or SMOKE=1)
-#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-data synth, 24 images at
+#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-synth generate, 24 images at
 #   64 px, plus an ofa-tokenizer vocabulary), trains 2 updates of the ofa_test arch at 64 px with --cpu,
 #   then ofa-evaluate writes $SMOKE_DIR/snli_ve/results/test_metrics.json (SMOKE_DIR [<repo>/runs/smoke]).
 set -euo pipefail

@@ -47,7 +47,7 @@
 #   (Large: best validation about 80.8).
 #
 # CPU demo (what CI runs; about a minute): run_scripts/vqa/train_vqa.sh --smoke   (or SMOKE=1)
-#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-data synth, 24 images at
+#   builds the embedded benchmark once in $DEMO_DIR [$SMOKE_DIR/demo_data] (ofa-synth generate, 24 images at
 #   64 px, its vqa_ans2label.json, plus an ofa-tokenizer vocabulary), trains 2 updates of the ofa_test
 #   arch at 64 px with --cpu, then ofa-evaluate writes $SMOKE_DIR/vqa/results/test_metrics.json
 #   (SMOKE_DIR [<repo>/runs/smoke]).

@@ -12,8 +12,8 @@ from fairseq.tasks import register_task
 from ofa.data_utils.datasets import OFADataset
 from ofa.data_utils.errors import DataError
 from ofa.data_utils.transforms import square_resize
-from ofa.inference import InferenceSpec, closed_set_predict, register_inference
-from ofa.tasks.closed_set import ClosedSetConfig, ClosedSetTask
+from ofa.inference import register_inference
+from ofa.tasks.closed_set import ClosedSetConfig, ClosedSetTask, closed_set_inference
 
 WORDS = ["zero", "one", "two", "three", "four", "five"]
 
@@ -47,6 +47,6 @@ class ObjectCountTask(ClosedSetTask):
 
 
 # one input image -> the row ObjectCountDataset reads (the object list is the target: a placeholder here)
-register_inference("object_count", InferenceSpec(
+register_inference("object_count", closed_set_inference(
     row=lambda image, size, text, premise: {"uniq_id": "0", "image": image, "predicted_objects": ""},
-    predict=closed_set_predict, aliases=("count",)))
+    aliases=("count",)))

@@ -1,0 +1,45 @@
+"""``ofa-synth``: the embedded benchmark's command line.
+
+    ofa-synth run [--quick] [--out runs/main_job] [...]        the main job: benchmark, training, evaluation
+    ofa-synth generate OUT_DIR [--num-images N] [--seed S]     the multi-task benchmark (official TSV layouts)
+    ofa-synth text OUT_DIR [--num N] [--seed S]                text-only data (summaries, GLUE-style, corpus)
+    ofa-synth pretrain OUT_DIR [--vqgan DIR] [...]             pretraining sources of the unify task
+    ofa-synth image-gen OUT_DIR --vqgan DIR [...]              text-to-image rows (VQGAN codes of scenes)
+
+``ofa-synth COMMAND --help`` lists a command's options.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+# command -> module whose ``main(argv)`` runs it
+COMMANDS = {
+    "run": "ofa_synth.main_job",
+    "generate": "ofa_synth.writer",
+    "text": "ofa_synth.text",
+    "pretrain": "ofa_synth.pretrain",
+    "image-gen": "ofa_synth.image_gen",
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"ofa-synth: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    from ofa.data_utils.errors import DataError
+
+    try:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+    except DataError as e:
+        print(f"ofa-synth {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
