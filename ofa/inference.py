@@ -306,11 +306,11 @@ def default_text(result: Dict[str, Any]) -> str:
     return "; ".join(default_lines(result))
 
 
-def default_draw(img, result: Dict[str, Any], label: Optional[str], spec: "InferenceSpec") -> None:
-    """The result's one line (``spec.text``) written across the top of the image."""
+def default_draw(img, result: Dict[str, Any], label: Optional[str]) -> None:
+    """The result's one line (``result_text``) written across the top of the image."""
     from ofa.draw import draw_banner
 
-    draw_banner(img, spec.text(result))
+    draw_banner(img, result_text(result))
 
 
 RowBuilder = Callable[[Optional[bytes], Optional[Tuple[int, int]], Optional[str], Optional[str]], Dict[str, Any]]
@@ -329,9 +329,9 @@ class InferenceSpec:
             ``task`` / ``image_size`` keys are added by ``inference_model``).
         lines: ``result -> lines`` that ``ofa-predict`` prints under its header.
         text: ``result -> one line`` describing the prediction (``result_text``).
-        draw: ``(PIL image, result, label, spec) -> None`` draws the result on a copy of the input image
-            (``draw_result``, ``ofa-predict --draw``; ``ofa.draw`` has the primitives); the default writes
-            ``text`` across the top.
+        draw: ``(PIL image, result, label) -> None`` draws the result on a copy of the input image, in
+            place (``draw_result``, ``ofa-predict --draw``; ``ofa.draw`` has the primitives); the default
+            writes ``text`` across the top.
         aliases: other names ``task=`` accepts (lower case, ``_`` for spaces and dashes).
         needs_image: False for tasks without an input image (``image_gen``).
         takes_premise: the dataset's ``add_caption`` follows whether ``caption=`` (a premise) was given.
@@ -341,7 +341,7 @@ class InferenceSpec:
     predict: Callable[..., Dict[str, Any]]
     lines: Callable[[Dict[str, Any]], List[str]] = default_lines
     text: Callable[[Dict[str, Any]], str] = default_text
-    draw: Callable[..., None] = default_draw
+    draw: Callable[[Any, Dict[str, Any], Optional[str]], None] = default_draw
     aliases: Tuple[str, ...] = ()
     needs_image: bool = True
     takes_premise: bool = False
@@ -447,10 +447,5 @@ def draw_result(image: ImageInput, result: Dict[str, Any], label: Optional[str] 
     raw, _ = _image_bytes(image)
     img = Image.open(io.BytesIO(raw)).convert("RGB")
     spec = INFERENCE.get(result.get("task"))
-    if spec is None:
-        from ofa.draw import draw_banner
-
-        draw_banner(img, default_text(result))
-    else:
-        spec.draw(img, result, label, spec)
+    (spec.draw if spec is not None else default_draw)(img, result, label)
     return img

@@ -81,7 +81,7 @@ def _text(r: Dict[str, Any]) -> str:
     return "box " + ", ".join(f"{v:.1f}" for v in r["box"]) + f" ({r['score']:.3f})"
 
 
-def _draw(img, r: Dict[str, Any], label, spec) -> None:
+def _draw(img, r: Dict[str, Any], label) -> None:
     draw_box(img, r["box"], f"{label} ({r['score']:.2f})" if label else f"{r['score']:.2f}")
 
 

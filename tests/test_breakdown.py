@@ -1,4 +1,4 @@
-"""Per-kind scores on the embedded benchmark (data_utils/synth/breakdown.py), as the main job prints them."""
+"""Per-kind scores on the embedded benchmark (ofa_synth/breakdown.py), as the main job prints them."""
 import json
 
 import pytest

@@ -375,7 +375,7 @@ def test_manifest_counts_every_file_and_records_speed(out):
     assert m["seed"] == SEED and m["num_images"] == N and m["image_size"] == [SIZE, SIZE]
     from ofa_synth.version import GENERATOR_VERSION
 
-    assert m["generator_version"] == GENERATOR_VERSION  # scripts/main_job.py regenerates older benchmarks
+    assert m["generator_version"] == GENERATOR_VERSION  # the main job regenerates older benchmarks
     assert sum(m["images_per_split"].values()) == N and m["images_per_split"]["test"] > 0 and m["images_per_split"]["comp"] > 0
     assert m["images_per_second"] > 0 and m["generation_seconds"] > 0
     for name, count in m["files"].items():

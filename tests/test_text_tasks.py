@@ -1,6 +1,6 @@
 """Text-only tasks: Gigaword summarisation, GLUE classification, text infilling.
 
-One shared fixture writes the embedded text data (``data_utils/synth_text.py``) and a 400-piece
+One shared fixture writes the embedded text data (``ofa_synth/text.py``) and a 400-piece
 SentencePiece tokenizer. The prompt / label data of every GLUE dataset is checked without a model;
 gigaword, sst2, mnli and text_infilling each train 2 updates of ``ofa_test`` on the CPU and are
 evaluated with ``ofa-evaluate``.

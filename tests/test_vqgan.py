@@ -339,7 +339,7 @@ def test_lightning_checkpoint_loads_safely(tmp_path, caplog):
 # training on the embedded benchmark + CLI
 
 TRAIN_STEPS = 120
-# Calibration (this configuration, 16 distinct 32 px images of `ofa-data synth --seed 0`, 120 steps,
+# Calibration (this configuration, 16 distinct 32 px images of `ofa-synth generate --seed 0`, 120 steps,
 # 1 thread): trained PSNR 19.42 / 18.86 / 19.55 / 18.76 dB for seeds 0-3, untrained 7.3-8.4 dB, and a
 # per-image mean-colour reconstruction (what one code per image could give) 14.8 dB. 17 dB is 1.7 dB
 # below the worst seed and 2.2 dB above the mean-colour baseline, so passing needs spatial detail.
