@@ -214,7 +214,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()

@@ -174,7 +174,8 @@ def test_the_tests_never_import_the_experiments():
 
 
 def test_no_path_hacks_anywhere():
+    hack = "sys.path." + "insert"  # spelled apart, so that this file does not count itself
     offenders = [str(p.relative_to(REPO)) for folder in ("ofa", "tasks", "criterions", "data_utils", "ofa_synth",
                                                           "experiments", "bench", "tests", "scripts")
-                 for p in sorted((REPO / folder).rglob("*.py")) if "sys.path.insert" in p.read_text(encoding="utf-8")]
-    assert offenders == [str(Path("tests/test_layering.py"))]  # this file, naming it
+                 for p in sorted((REPO / folder).rglob("*.py")) if hack in p.read_text(encoding="utf-8")]
+    assert not offenders, offenders
