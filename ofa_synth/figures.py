@@ -18,7 +18,6 @@ them and ``ofa-evaluate`` predicts them.
 """
 from __future__ import annotations
 
-import json
 import logging
 import textwrap
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ofa.data_utils.formats import get_schema, parse_answers
 from ofa.io_utils import atomic_output
-from ofa_synth.breakdown import SNLI_ANSWER, tsv_rows
+from ofa_synth.breakdown import SNLI_ANSWER, predictions, tsv_rows
 
 Box = Tuple[float, float, float, float]
 
@@ -113,7 +112,7 @@ def pick_rows(task: str, tsv: Path, predict_json: Path, n: int) -> List[Tuple[Di
     (an image's other questions or expressions are skipped, so that ``n`` images show)."""
     layout = LAYOUTS[task]
     columns = get_schema(layout.schema).columns
-    preds = {str(r[layout.id_key]): r for r in json.loads(Path(predict_json).read_text())}
+    preds = predictions(Path(predict_json), layout.id_key)
     out, shown = [], set()
     for k, fields in enumerate(tsv_rows(tsv)):
         row = dict(zip(columns, fields))

@@ -141,8 +141,9 @@ def test_prediction_figures_pair_each_prediction_with_its_row(small_bench, tmp_p
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    from ofa.data_utils.formats import get_schema
+    from ofa.data_utils.formats import get_schema, parse_answers
     from ofa_synth import figures
+    from ofa_synth.breakdown import SNLI_ANSWER
 
     layout = figures.LAYOUTS[task]
     tsv = small_bench / f"{recipe.FILES[task]}_test.tsv"
@@ -150,9 +151,8 @@ def test_prediction_figures_pair_each_prediction_with_its_row(small_bench, tmp_p
     rows = [dict(zip(columns, line.rstrip("\n").split("\t"))) for line in open(tsv, encoding="utf-8") if line.strip()]
     ids = [str(k) if layout.id_column is None else r[layout.id_column] for k, r in enumerate(rows)]
     truth = {"refcoco": lambda r: {"box": [float(v) for v in r["region_coord"].split(",")]},
-             "vqa_gen": lambda r: {"answer": max((a.split("|!+") for a in r["answers"].split("&&")),
-                                                 key=lambda x: float(x[0]))[1]},
-             "snli_ve": lambda r: {"answer": {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}[r["label"]]},
+             "vqa_gen": lambda r: {"answer": max(parse_answers(r["answers"]).items(), key=lambda kv: kv[1])[0]},
+             "snli_ve": lambda r: {"answer": SNLI_ANSWER[r["label"]]},
              "image_classify": lambda r: {"answer": r["label_name"]},
              "caption": lambda r: {"caption": r["caption"].split("&&")[0]}}[task]
     # every second row predicted, with its own truth: each pair shown must be a right one, one per image
