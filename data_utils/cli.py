@@ -5,21 +5,43 @@
     ofa-data hdf5 SRC DST [--schema S]                        TSV <-> HDF5, lossless
     ofa-data cider-df CAPTIONS.tsv --out WORDS.p              CIDEr-D document frequencies for SCST
 
+A mistake in what was given (a missing file, an unknown command, task or layout, a bad option, a bad record
+in a converter's input) ends in one line ``ofa-data: error: ...`` and exit status 2 (``--verbose`` shows the
+traceback); ``validate`` reports every bad row and exits with 1 when it found any.
+
 The embedded benchmark's data (scenes, text, pretraining sources) comes from ``ofa-synth``.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+from typing import Callable, Dict, List, Optional
+
+from ofa.console import run_cli
+from ofa.data_utils.errors import DataError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the ``ofa-data`` commands: a bad argument is a ``ConfigError`` (one line from ``run_cli``,
+    ``ofa-data: error: validate: the following arguments are required: --task (ofa-data validate --help)``),
+    not a usage block."""
+
+    def error(self, message: str):
+        from ofa.errors import ConfigError
+
+        command = self.prog[len("ofa-data "):] if self.prog.startswith("ofa-data ") else self.prog
+        raise ConfigError(f"{command}: {message} ({self.prog} --help)")
 
 
 def _hdf5(argv) -> int:
+    from ofa.data_utils.formats import SCHEMAS
     from ofa.data_utils.hdf5 import convert
 
-    parser = argparse.ArgumentParser(prog="ofa-data hdf5", description="convert TSV <-> HDF5 (by DST's extension)")
+    parser = ArgumentParser(prog="ofa-data hdf5", description="convert TSV <-> HDF5 (by DST's extension)")
     parser.add_argument("src")
     parser.add_argument("dst")
-    parser.add_argument("--schema", help="layout of a TSV source: caption, refcoco, vqa, snli_ve, image_classify, ...")
+    parser.add_argument("--schema", help=f"layout of a TSV source: {', '.join(sorted(SCHEMAS))}")
     args = parser.parse_args(argv)
     n = convert(args.src, args.dst, args.schema)
     print(f"wrote {n} rows to {args.dst}")
@@ -44,21 +66,32 @@ def _validate(argv) -> int:
     return main(argv)
 
 
-COMMANDS = {"convert": _convert, "validate": _validate, "hdf5": _hdf5, "cider-df": _cider_df}
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"convert": _convert, "validate": _validate, "hdf5": _hdf5,
+                                                  "cider-df": _cider_df}
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+def unknown_name(kind: str, name: str, choices) -> str:
+    """``unknown command 'valdate'; did you mean validate?`` (or the list of choices when none is near)."""
+    near = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(near)}?" if near else f"choose one of {', '.join(choices)}"
+    return f"unknown {kind} {name!r}; {hint}"
+
+
+def command(argv: List[str]) -> int:
+    """``ofa-data COMMAND ...`` without the error handling (``main`` adds it): the command's exit status."""
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from ofa.data_utils.errors import DataError
+        return 0
+    if not argv:
+        raise DataError(f"give a command: {', '.join(COMMANDS)} (ofa-data --help)")
+    if argv[0] not in COMMANDS:
+        raise DataError(unknown_name("command", argv[0], COMMANDS))
+    return COMMANDS[argv[0]](argv[1:])
 
-    try:
-        return COMMANDS[argv[0]](argv[1:])
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The ``ofa-data`` console script: mistakes end in ``ofa-data: error: ...`` and exit status 2."""
+    return run_cli("ofa-data", command, argv)
 
 
 if __name__ == "__main__":

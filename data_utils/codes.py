@@ -13,17 +13,19 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
+from ofa.errors import UserError
+
 TOKEN_PREFIX, TOKEN_SUFFIX = "<code_", ">"
 
 
-class CodeError(ValueError):
+class CodeError(UserError, ValueError):
     """A malformed code string (the message says which token or count)."""
 
 
 def _one(token: str) -> int:
     digits = token[len(TOKEN_PREFIX):-len(TOKEN_SUFFIX)] \
         if token.startswith(TOKEN_PREFIX) and token.endswith(TOKEN_SUFFIX) else token
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):  # str.isdigit alone takes "²", which int() refuses
         raise CodeError(f"image code {token!r} is not a non-negative integer or a <code_i> token")
     return int(digits)
 

@@ -17,7 +17,15 @@ plus per-task extras: ``conf`` (answer confidence, [B]), ``ref_dict`` (answer ->
 Sequences follow the official packing: ``source = [bos] + prompt + [eos]``,
 ``prev_output_tokens = [bos] + target``, ``target = target + [eos]``, right padding.
 
-Bad rows raise ``DataError`` naming the file, row and field; with ``bad_rows="skip"`` they are
+Lengths are bounded in tokens, not only in words: ``pre_caption`` / ``pre_question`` keep
+``max_src_length`` words, but one "word" (a long URL, a run of CJK text) can be hundreds of BPE tokens,
+more than the model's positions. So the encoded prompt is cut to ``max_src_length`` tokens (official
+``encode_text(..., length=max_src_length)``, as its Gigaword source), and a decoder input (decoder prompt
++ target) to ``max_target_positions`` tokens (``fit_target``). Targets keep their official bounds
+otherwise: words for captions (``max_tgt_length`` words can be more tokens, and are kept whole), tokens
+for VQA answers; image-code targets (``code_mask``) are never cut.
+
+Bad rows raise ``DataError`` naming the file, line and field; with ``bad_rows="skip"`` they are
 skipped and counted in ``skipped`` instead.
 """
 from __future__ import annotations
@@ -28,10 +36,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
+from ofa.data_utils.bad_rows import SkippedRows
 from ofa.data_utils.boxes import box_to_bin_string
 from ofa.data_utils.errors import DataError
-from ofa.data_utils.formats import parse_answers, parse_box
+from ofa.data_utils.formats import box_inside, parse_answers, parse_box
 from ofa.data_utils.images import decode_b64, decode_bytes
+from ofa.data_utils.readers import locate
 from ofa.data_utils.text import pre_caption, pre_question, strip_punctuation
 from ofa.data_utils.transforms import (
     IMAGENET_MEAN,
@@ -59,6 +69,10 @@ class DataConfig:
     augment: bool = False  # training-time RandAugment (classification)
     bad_rows: str = "fail"  # fail | skip
     max_image_pixels: Optional[int] = 89_478_485
+    # the model's text positions (``OFAModelConfig`` defaults; the relative-position tables hold 1024): sources
+    # and decoder inputs are cut to them, so no row can index past the position tables
+    max_source_positions: int = 1024
+    max_target_positions: int = 1024
 
 
 class OFADataset(FairseqDataset):
@@ -71,7 +85,7 @@ class OFADataset(FairseqDataset):
         self.reader, self.tokenizer, self.cfg, self.split = reader, tokenizer, cfg, split
         self.dict = tokenizer.dictionary
         self.bos, self.eos, self.pad = self.dict.bos(), self.dict.eos(), self.dict.pad()
-        self.skipped = 0
+        self.skipped_rows = SkippedRows()  # --bad-rows skip: the distinct rows skipped (data_utils/bad_rows.py)
         names = reader.column_names
         missing = [c for c in self.columns if c not in names]
         if missing:
@@ -79,6 +93,11 @@ class OFADataset(FairseqDataset):
                             reader.path)
         self._pos = [names.index(c) for c in self.columns]
         self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.imagenet_norm else (MEAN, STD)
+
+    @property
+    def skipped(self) -> int:
+        """How many distinct bad rows this rank skipped (a row read again is not counted again)."""
+        return len(self.skipped_rows)
 
     @property
     def prompt_type(self) -> str:
@@ -99,9 +118,10 @@ class OFADataset(FairseqDataset):
             row = {c: values[p] for c, p in zip(self.columns, self._pos)}
             example = self.build(row)
         except DataError as e:
-            err = e.at(self.reader.path, g)
+            err = locate(e, self.reader, g)
             if self.cfg.bad_rows == "skip":
-                self.skipped += 1
+                if not self.reader.is_padding(index):  # a padding row is another rank's to count
+                    self.skipped_rows.add(self.reader.path, g)
                 return None
             raise err from None
         if "uniq_id" in example and example["uniq_id"] is None:
@@ -126,14 +146,26 @@ class OFADataset(FairseqDataset):
         return decode_b64(value, self.cfg.max_image_pixels)
 
     def encode(self, text: str, max_tokens: Optional[int] = None) -> torch.Tensor:
+        """BPE ids of ``text`` (no BOS / EOS), the first ``max_tokens`` of them when given."""
         ids = self.tokenizer.encode(text)
         return ids[:max_tokens] if max_tokens is not None else ids
 
     def source(self, prompt: str) -> torch.Tensor:
-        return torch.cat([torch.tensor([self.bos]), self.encode(prompt), torch.tensor([self.eos])])
+        """``[bos] + prompt + [eos]``, the prompt cut to ``max_src_length`` tokens (which can drop the end of
+        the instruction for an over-long text, as the official Gigaword source cut does) and to the
+        encoder's text positions."""
+        room = min(self.cfg.max_src_length, self.cfg.max_source_positions - 2)
+        return torch.cat([torch.tensor([self.bos]), self.encode(prompt, room), torch.tensor([self.eos])])
 
-    def pack_target(self, src: torch.Tensor, tgt: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """prev/target/decoder prompt for ``cfg.prompt_type`` (targets of prompt positions are pad)."""
+    def fit_target(self, prompt: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """``tgt`` cut so that the decoder input ``prompt + tgt`` fits the decoder's ``max_target_positions``
+        text positions (only an over-long text is cut: word-bounded targets, official in length, are not)."""
+        room = max(self.cfg.max_target_positions - len(prompt), 0)
+        return tgt[:room] if len(tgt) > room else tgt
+
+    def pack_target(self, src: torch.Tensor, tgt: torch.Tensor, codes: bool = False) -> Dict[str, torch.Tensor]:
+        """prev/target/decoder prompt for ``cfg.prompt_type`` (targets of prompt positions are pad); a text
+        target is cut to the decoder's positions (``fit_target``), image codes (``codes``) are not."""
         bos = torch.tensor([self.bos])
         kind = self.prompt_type
         if kind == "none":
@@ -144,6 +176,8 @@ class OFADataset(FairseqDataset):
             prompt = src[:-1]
         else:
             raise DataError(f"unknown prompt_type {kind!r}; choose none, src or prev_output")
+        if not codes:  # image codes are decoded at image positions, not text ones
+            tgt = self.fit_target(prompt, tgt)
         prev = torch.cat([prompt, tgt])
         target = torch.cat([prev[1:], torch.tensor([self.eos])])
         target[: len(target) - len(tgt) - 1] = self.pad
@@ -151,7 +185,7 @@ class OFADataset(FairseqDataset):
 
     def example(self, src: torch.Tensor, tgt: torch.Tensor, image: Optional[torch.Tensor], **extra) -> Dict[str, Any]:
         ex = {"source": src, "patch_image": image, "patch_mask": image is not None, **extra}
-        ex.update(self.pack_target(src, tgt))
+        ex.update(self.pack_target(src, tgt, codes=bool(extra.get("code_mask"))))
         return ex
 
     def build(self, row: Dict[str, Any]) -> Dict[str, Any]:  # pragma: no cover - abstract
@@ -216,7 +250,7 @@ class CaptionDataset(OFADataset):
         if self.is_train:
             words = captions[0].split()[: self.cfg.max_tgt_length]
             tgt = self.encode(" " + " ".join(words))
-        else:
+        else:  # the references, for the validation loss only (scores use ``refs``)
             tgt = self.encode(" " + "&&".join(captions))
         return self.example(self.source(self.prompt), tgt, image, uniq_id=row["uniq_id"], refs=captions)
 
@@ -229,10 +263,7 @@ class RefcocoDataset(OFADataset):
     def build(self, row):
         img = self.image(row["image"])
         box = parse_box(row["region_coord"])
-        w, h = img.size
-        x0, y0, x1, y1 = box
-        if x0 < 0 or y0 < 0 or x1 > w + 1 or y1 > h + 1 or x1 <= x0 or y1 <= y0:
-            raise DataError(f"box {box} is empty or outside the {w}x{h} image", field="region_coord")
+        box_inside(box, img.size, row["region_coord"])
         tensor, _, w_ratio, h_ratio = grounding_resize(img, box, self.cfg.patch_image_size)
         text = pre_caption(row["text"], self.cfg.max_src_length)
         if not text:

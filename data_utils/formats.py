@@ -11,8 +11,10 @@ the official ``--selected-cols`` style). Conventions kept from the official data
 """
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ofa.data_utils.errors import DataError
 
@@ -52,8 +54,11 @@ SCHEMAS["vqa_gen"] = SCHEMAS["vqa"]
 
 
 def get_schema(name: str) -> Schema:
+    """The layout called ``name``; an unknown name is a ``DataError`` suggesting the nearest."""
     if name not in SCHEMAS:
-        raise DataError(f"unknown data schema {name!r}; choose one of {sorted(SCHEMAS)}")
+        near = difflib.get_close_matches(name, sorted(SCHEMAS), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(near)}?" if near else f"choose one of {', '.join(sorted(SCHEMAS))}"
+        raise DataError(f"unknown data layout {name!r}; {hint}")
     return SCHEMAS[name]
 
 
@@ -62,20 +67,40 @@ def resolve_columns(schema: Schema, selected: Sequence[Union[str, int]]) -> Tupl
     return tuple(schema.index(c) for c in selected)
 
 
-def parse_answers(field: str) -> Dict[str, float]:
-    """``"0.6|!+no&&1.0|!+yes"`` -> ``{"no": 0.6, "yes": 1.0}``; raises ``DataError`` on bad items."""
+def parse_number(text: str, what: str, field: Optional[str] = None) -> float:
+    """A finite decimal number (``nan`` / ``inf`` are refused), or ``DataError`` naming ``what``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{what} {text.strip()!r} is not a number", field=field) from None
+    if not math.isfinite(value):
+        raise DataError(f"{what} {text.strip()!r} is not a finite number", field=field)
+    return value
+
+
+def parse_index(text: str, what: str, field: Optional[str] = None, minimum: int = 0) -> int:
+    """An integer of ASCII digits ``>= minimum`` (``"3"``; not ``"3.0"``, ``"-1"`` or ``"³"``)."""
+    digits = text.strip()
+    if not digits.isascii() or not digits.isdigit() or int(digits) < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise DataError(f"{what} {text!r} is not {kind}", field=field)
+    return int(digits)
+
+
+def parse_answers(field: str, column: str = "answers") -> Dict[str, float]:
+    """``"0.6|!+no&&1.0|!+yes"`` -> ``{"no": 0.6, "yes": 1.0}`` (the official ``conf|!+answer`` items; a
+    confidence is a finite number in [0, 1], the VQA score ``min(1, count / 3)``); raises ``DataError``
+    (field ``column``) on bad items."""
     out: Dict[str, float] = {}
     for item in field.split("&&"):
         if "|!+" not in item:
-            raise DataError(f"answer item {item!r} is not 'confidence|!+answer'", field="answers")
+            raise DataError(f"answer item {item!r} is not 'confidence|!+answer'", field=column)
         conf, answer = item.split("|!+", 1)
-        try:
-            value = float(conf)
-        except ValueError:
-            raise DataError(f"answer confidence {conf!r} is not a number", field="answers") from None
-        if not 0.0 <= value <= 1.0 or not answer.strip():
-            raise DataError(f"answer item {item!r} needs a confidence in [0, 1] and a non-empty answer",
-                            field="answers")
+        value = parse_number(conf, "answer confidence", column)
+        if not 0.0 <= value <= 1.0:
+            raise DataError(f"answer confidence {conf.strip()!r} of {answer!r} is outside [0, 1]", field=column)
+        if not answer.strip():
+            raise DataError(f"answer item {item!r} has an empty answer", field=column)
         out[answer] = value
     return out
 
@@ -84,15 +109,47 @@ def format_answers(answers: Dict[str, float]) -> str:
     return "&&".join(f"{conf:.6g}|!+{ans}" for ans, conf in answers.items())
 
 
-def parse_box(field: str) -> Tuple[float, float, float, float]:
-    """``"x0,y0,x1,y1"`` -> floats; checks there are four numbers with x0 <= x1 and y0 <= y1."""
+def check_box(box: Sequence[float], text: str, field: str = "region_coord") -> Tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` with ``x0 < x1`` and ``y0 < y1`` (a box with an area), or ``DataError``."""
+    x0, y0, x1, y1 = box
+    if not (x0 < x1 and y0 < y1):
+        raise DataError(f"box {text!r} is not in x0,y0,x1,y1 order with x0 < x1 and y0 < y1", field=field)
+    return x0, y0, x1, y1
+
+
+def parse_box(field: str, column: str = "region_coord") -> Tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` -> floats: four finite numbers with x0 < x1 and y0 < y1."""
     parts = field.split(",")
     if len(parts) != 4:
-        raise DataError(f"box {field!r} must have 4 comma-separated numbers (x0,y0,x1,y1)", field="region_coord")
-    try:
-        x0, y0, x1, y1 = (float(p) for p in parts)
-    except ValueError:
-        raise DataError(f"box {field!r} holds a non-number", field="region_coord") from None
-    if x1 < x0 or y1 < y0:
-        raise DataError(f"box {field!r} is not in x0,y0,x1,y1 order (x1 < x0 or y1 < y0)", field="region_coord")
-    return x0, y0, x1, y1
+        raise DataError(f"box {field!r} must have 4 comma-separated numbers (x0,y0,x1,y1)", field=column)
+    return check_box([parse_number(p, f"box {field!r}: coordinate", column) for p in parts], field, column)
+
+
+def box_inside(box: Sequence[float], size: Tuple[int, int], text: str, field: str = "region_coord") -> None:
+    """``DataError`` unless ``box`` lies inside a ``w x h`` image (one pixel of slack on the right and bottom,
+    for ``x + w`` rounding of COCO boxes)."""
+    w, h = size
+    x0, y0, x1, y1 = box
+    if x0 < 0 or y0 < 0 or x1 > w + 1 or y1 > h + 1:
+        raise DataError(f"box {text!r} is outside the {w}x{h} image", field=field)
+
+
+Box = Tuple[float, float, float, float]
+
+
+def parse_detection_boxes(field: str, column: str = "boxes") -> List[Tuple[Box, int, str]]:
+    """``"x0,y0,x1,y1,cat_id,cat_name&&..."`` (pretraining detection) -> ``[(box, cat_id, cat_name)]``: each box
+    four finite numbers with an area, ``cat_id`` a non-negative integer, ``cat_name`` not empty."""
+    out = []
+    for item in field.strip().split("&&"):
+        parts = item.strip().split(",", 5)
+        if len(parts) != 6:
+            raise DataError(f"detection box {item!r} is not x0,y0,x1,y1,cat_id,cat_name", field=column)
+        box = check_box([parse_number(p, f"detection box {item!r}: coordinate", column) for p in parts[:4]],
+                        item, column)
+        cat_id = parse_index(parts[4], f"detection box {item!r}: category id", column)
+        name = parts[5].strip()
+        if not name:
+            raise DataError(f"detection box {item!r} has an empty category name", field=column)
+        out.append((box, cat_id, name))
+    return out

@@ -11,6 +11,7 @@ Going back to TSV re-encodes images as standard base64. Where a source row used 
 from __future__ import annotations
 
 import base64
+import os
 from typing import Optional
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from ofa.data_utils.errors import DataError
 from ofa.data_utils.formats import get_schema
 from ofa.data_utils.images import b64_to_bytes
-from ofa.data_utils.readers import TSVReader
+from ofa.data_utils.readers import TSVReader, decode_text
 from ofa.data_utils.tsv_writer import write_tsv
 from ofa.io_utils import atomic_output
 
@@ -54,7 +55,7 @@ def tsv_to_hdf5(tsv_path: str, h5_path: str, schema: str) -> int:
                         try:
                             raw = b64_to_bytes(value)
                         except DataError as e:
-                            raise e.at(tsv_path, g, col) from None
+                            raise e.at(tsv_path, g, col, line=reader.line_number(g)) from None
                         sets[col][g] = np.frombuffer(raw, dtype=np.uint8)
                         if base64.b64encode(raw).decode("ascii") != value:
                             sets[col + "__b64"][g] = value
@@ -64,15 +65,28 @@ def tsv_to_hdf5(tsv_path: str, h5_path: str, schema: str) -> int:
     return n
 
 
-def hdf5_to_tsv(h5_path: str, tsv_path: str) -> int:
-    """Convert an HDF5 shard back to the official TSV layout; returns the row count."""
+def _open_h5(path: str):
+    """``h5py.File(path, "r")``; a missing file or one that is not HDF5 is a ``DataError`` naming it."""
     import h5py
 
-    with h5py.File(h5_path, "r") as f:
+    if not os.path.isfile(path):
+        raise DataError("file not found", path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"not an HDF5 file ({str(e).splitlines()[0]})", path) from None
+
+
+def hdf5_to_tsv(h5_path: str, tsv_path: str) -> int:
+    """Convert an HDF5 shard back to the official TSV layout; returns the row count."""
+    with _open_h5(h5_path) as f:
         if "schema" not in f.attrs:
             raise DataError("not an OFA HDF5 shard (no 'schema' attribute)", h5_path)
         sch = get_schema(str(f.attrs["schema"]))
         n = int(f.attrs["rows"])
+        missing = [c for c in sch.columns if c not in f or (c in sch.image_columns and c + "__b64" not in f)]
+        if missing:
+            raise DataError(f"the {sch.name} shard lacks the datasets {missing}", h5_path)
 
         def rows():
             for g in range(n):
@@ -83,8 +97,10 @@ def hdf5_to_tsv(h5_path: str, tsv_path: str) -> int:
                         original = f[col + "__b64"][g]
                         original = original.decode("utf-8") if isinstance(original, bytes) else original
                         out[col] = original or base64.b64encode(value.tobytes()).decode("ascii")
+                    elif isinstance(value, bytes):
+                        out[col] = decode_text(value, h5_path, g, col)
                     else:
-                        out[col] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+                        out[col] = str(value)
                 yield out
 
         return write_tsv(tsv_path, sch, rows())

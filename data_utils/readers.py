@@ -16,12 +16,17 @@ raw encoded bytes, no base64) in the order of the selected columns, and share on
 
 Random access is O(1): TSV rows through a byte-offset index built in one pass (optionally cached in
 ``<file>.index``), HDF5 rows directly.
+
+Rows are numbered from 0 (``global_index``, ``read_row(g)``); errors name the place as an editor shows it:
+the TSV index keeps each row's 1-based line number (blank lines, which hold no row, are counted), and
+``locate`` puts it into a ``DataError`` (``FILE, line 7, field 'question': ...``); HDF5 shards have no lines
+and say ``row N`` (1-based). Bytes that are not UTF-8 are a ``DataError`` naming the line and the field.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
-import pickle
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -89,6 +94,53 @@ class _Sharded:
     def read_row(self, g: int):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def line_number(self, g: int) -> Optional[int]:
+        """1-based line of global row ``g`` in the file; ``None`` where the file has no lines."""
+        return None
+
+
+def locate(error: DataError, reader, g: int) -> DataError:
+    """``error`` with the file, the 0-based row ``g`` and, where the reader knows it, the row's 1-based line
+    filled in (any reader: ones without ``line_number`` or ``path`` give what they have)."""
+    number = getattr(reader, "line_number", None)
+    return error.at(getattr(reader, "path", None), g, line=number(g) if number is not None else None)
+
+
+def decode_text(raw: bytes, path: Optional[str] = None, row: Optional[int] = None, field: Optional[str] = None,
+                line: Optional[int] = None) -> str:
+    """UTF-8 bytes -> text; other bytes raise ``DataError`` saying which byte, at which character."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = raw[:e.start].decode("utf-8", errors="replace")
+        raise DataError(f"not UTF-8 text: byte 0x{raw[e.start]:02x} after {len(before)} characters "
+                        f"({before[-20:]!r} precedes it)", path, row, field, line) from None
+
+
+def split_line(raw: bytes, separator: str, names: Optional[Sequence[Optional[str]]] = None,
+               path: Optional[str] = None, row: Optional[int] = None, line: Optional[int] = None) -> List[str]:
+    """One TSV line (bytes, line break included or not) -> its fields, decoded.
+
+    A field that is not UTF-8 raises ``DataError`` naming it: ``names[i]`` for the ``i``-th field when given
+    (``None`` entries and fields past the names are told by their 1-based column number).
+    """
+    raw = raw.rstrip(b"\r\n")
+    try:
+        return raw.decode("utf-8").split(separator)
+    except UnicodeDecodeError:
+        pass
+    parts = raw.split(separator.encode("utf-8"))
+    out = []
+    for i, part in enumerate(parts):
+        name = names[i] if names is not None and i < len(names) else None
+        try:
+            out.append(decode_text(part, path, row, name, line))
+        except DataError as e:
+            if name is None:
+                raise DataError(f"column {i + 1} of {len(parts)}: {e.message}", path, row, None, line) from None
+            raise
+    return out  # pragma: no cover - the whole line failed to decode, so one field does
+
 
 class TSVReader(_Sharded):
     """Rows of an official OFA TSV file.
@@ -123,7 +175,7 @@ class TSVReader(_Sharded):
             if not all(isinstance(c, int) for c in columns):
                 raise DataError("selecting columns by name needs a schema", path)
             self.columns = tuple(columns)  # type: ignore[arg-type]
-        self.offsets = self._load_index(index_cache)
+        self.offsets, self.lines = self._load_index(index_cache)
         self._handle = None
         self._init_sampling(len(self.offsets), rank, world_size, shuffle, seed)
 
@@ -136,25 +188,49 @@ class TSVReader(_Sharded):
         idx = self.columns if self.columns is not None else range(len(self.schema.columns))
         return tuple(self.schema.columns[i] for i in idx)
 
-    def _load_index(self, use_cache: bool) -> np.ndarray:
+    def _load_index(self, use_cache: bool) -> Tuple[np.ndarray, np.ndarray]:
+        """``(byte offset, 1-based line number)`` of every non-blank line, from ``<path>.index`` when that
+        cache matches the file's size and modification time (a stale or unreadable cache is rebuilt)."""
         stat = os.stat(self.path)
         cache = self.path + ".index"
         if use_cache and os.path.isfile(cache):
-            with open(cache, "rb") as f:
-                saved = pickle.load(f)
-            if saved.get("size") == stat.st_size and saved.get("mtime") == stat.st_mtime_ns:
-                return saved["offsets"]
+            try:
+                with np.load(cache, allow_pickle=False) as saved:
+                    if int(saved["size"]) == stat.st_size and int(saved["mtime"]) == stat.st_mtime_ns:
+                        return saved["offsets"], saved["lines"]
+            except (OSError, ValueError, KeyError, EOFError):  # an old (pickled) or broken cache: rebuild it
+                pass
         offsets: List[int] = []
+        lines: List[int] = []
         pos = 0
         with open(self.path, "rb") as f:
-            for line in f:
+            for number, line in enumerate(f, start=1):
                 if line.strip():
                     offsets.append(pos)
+                    lines.append(number)
                 pos += len(line)
-        arr = np.asarray(offsets, dtype=np.int64)
+        arr, nums = np.asarray(offsets, dtype=np.int64), np.asarray(lines, dtype=np.int64)
         if use_cache:
-            write_atomic(cache, pickle.dumps({"size": stat.st_size, "mtime": stat.st_mtime_ns, "offsets": arr}))
-        return arr
+            buf = io.BytesIO()
+            np.savez(buf, size=stat.st_size, mtime=stat.st_mtime_ns, offsets=arr, lines=nums)
+            write_atomic(cache, buf.getvalue())
+        return arr, nums
+
+    def line_number(self, g: int) -> int:
+        """1-based line of global row ``g`` in the file, as an editor numbers it."""
+        return int(self.lines[g])
+
+    def _field_names(self, count: int) -> Optional[List[Optional[str]]]:
+        """Names of a row's ``count`` fields where they can be told (for messages)."""
+        if self.schema is not None and count == len(self.schema.columns):
+            return list(self.schema.columns)
+        if self._names is not None and self.columns is not None:
+            names: List[Optional[str]] = [None] * count
+            for name, c in zip(self._names, self.columns):
+                if 0 <= c < count:
+                    names[c] = name
+            return names
+        return None
 
     def _file(self):
         if self._handle is None:
@@ -167,14 +243,16 @@ class TSVReader(_Sharded):
         return state
 
     def read_fields(self, g: int) -> List[str]:
-        """All fields of global row ``g``, with the column count checked."""
+        """All fields of global row ``g``, decoded, with the column count checked."""
         f = self._file()
         f.seek(int(self.offsets[g]))
-        line = f.readline().decode("utf-8").rstrip("\r\n")
-        fields = line.split(self.separator)
+        raw = f.readline().rstrip(b"\r\n")
+        line = self.line_number(g)
+        count = raw.count(self.separator.encode("utf-8")) + 1
+        fields = split_line(raw, self.separator, self._field_names(count), self.path, g, line)
         if self.schema is not None and len(fields) != len(self.schema.columns):
             raise DataError(f"expected {len(self.schema.columns)} columns {list(self.schema.columns)}, "
-                            f"got {len(fields)}", self.path, g)
+                            f"got {len(fields)}", self.path, g, line=line)
         return fields
 
     def read_row(self, g: int) -> Tuple[str, ...]:
@@ -185,7 +263,7 @@ class TSVReader(_Sharded):
             return tuple(fields[c] for c in self.columns)
         except IndexError:
             raise DataError(f"row has {len(fields)} columns, fewer than the selected {self.columns}",
-                            self.path, g) from None
+                            self.path, g, line=self.line_number(g)) from None
 
 
 class HDF5Reader(_Sharded):
@@ -204,7 +282,11 @@ class HDF5Reader(_Sharded):
             raise DataError("file not found", path)
         self._h5 = None
         self._sets = None
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise DataError(f"not an HDF5 file ({str(e).splitlines()[0]})", path) from None
+        with f:
             name = f.attrs.get("schema")
             if name is None:
                 raise DataError("not an OFA HDF5 shard (no 'schema' attribute)", path)
@@ -243,8 +325,10 @@ class HDF5Reader(_Sharded):
             value = dataset[g]
             if name in self.schema.image_columns:
                 out.append(value.tobytes())
+            elif isinstance(value, bytes):
+                out.append(decode_text(value, self.path, g, name))
             else:
-                out.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+                out.append(str(value))
         return tuple(out)
 
 

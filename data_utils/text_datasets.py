@@ -186,12 +186,11 @@ class GlueDataset(_TextDataset):
         if empty:
             raise DataError("empty text", field=empty[0])
         label = self.label_word(row["label"])
-        src = torch.cat([torch.tensor([self.bos]), self.encode(self.spec.template.format(**texts)),
-                         torch.tensor([self.eos])])
+        src = self.source(self.spec.template.format(**texts))
         return self.example(src, self.encode(" " + label), None, uniq_id=None, conf=1.0,
                             ref_dict={label: 1.0}, refs=[label])
 
-    def pack_target(self, src, tgt):
+    def pack_target(self, src, tgt, codes=False):
         """Official GLUE packing: ``prev = prompt + label[:-1]``, ``target = pad... + label`` (no EOS)."""
         prompt = super().pack_target(src, tgt)["decoder_prompt"]
         prev = torch.cat([prompt, tgt[:-1]])

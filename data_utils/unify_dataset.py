@@ -73,10 +73,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ofa.data_utils import codes as code_text
 from ofa.data_utils.boxes import quantize
 from ofa.data_utils.datasets import OFADataset
 from ofa.data_utils.errors import DataError
-from ofa.data_utils.formats import parse_answers, parse_box
+from ofa.data_utils.formats import box_inside, parse_answers, parse_box, parse_detection_boxes
 from ofa.data_utils.noising import span_mask
 from ofa.data_utils.pretrain_transforms import (
     apply_seeded,
@@ -87,6 +88,7 @@ from ofa.data_utils.pretrain_transforms import (
     official_rand_augment,
     random_resize,
 )
+from ofa.data_utils.readers import locate
 from ofa.data_utils.text import pre_caption, pre_question
 from ofa.data_utils.text_datasets import TextDataConfig, word_start_flags
 from ofa.data_utils.transforms import square_resize, to_tensor
@@ -283,7 +285,8 @@ class UnifyDataset(OFADataset):
         c = self.cfg
         out = []
         if kind == "visual_grounding":
-            box = parse_box(row["refs"])
+            box = parse_box(row["refs"], "refs")
+            box_inside(box, img.size, row["refs"], "refs")
             P = c.patch_image_size
             scales = range(P, max(P, round(P * c.vl_max_scale)) + 1)
             img, boxes = random_resize(img, [box], scales, round(P * c.vl_max_size_ratio), rng)
@@ -321,7 +324,7 @@ class UnifyDataset(OFADataset):
             question = pre_question(row["question"], c.max_src_length)
             if not question:
                 raise DataError("empty question", field="question")
-            ref_dict = parse_answers(row["refs"])
+            ref_dict = parse_answers(row["refs"], "refs")
             answer = max(ref_dict, key=ref_dict.get)
             conf = ref_dict[answer]
             out.append(self.vl_example(self.source(" " + question), self.encode(" " + answer, c.max_tgt_length),
@@ -353,9 +356,10 @@ class UnifyDataset(OFADataset):
                 try:
                     out.append(fn(dict(zip(reader.column_names, reader[i])), f"{block}.{j}"))
                 except DataError as e:
-                    err = e.at(reader.path, reader.global_index(i))
+                    err = locate(e, reader, reader.global_index(i))
                     if c.bad_rows == "skip":
-                        self.skipped += 1
+                        if not reader.is_padding(i):
+                            self.skipped_rows.add(reader.path, reader.global_index(i))
                         continue
                     raise err from None
         return out
@@ -384,31 +388,23 @@ class UnifyDataset(OFADataset):
         S = self.extra_size
         image = to_tensor(img, self.mean, self.std) if img.size == (S, S) else square_resize(img, S, self.mean, self.std)
         image[:, self.mask_lo:self.mask_hi, self.mask_lo:self.mask_hi] = 0
-        try:
-            codes = torch.tensor([int(x) for x in row["code"].split()], dtype=torch.long)
-        except ValueError:
-            raise DataError("code column must hold space-separated integers", field="code") from None
         vocab = self.tokenizer.vocab
-        if codes.numel() != self.num_codes:
-            raise DataError(f"{codes.numel()} codes, expected {self.num_codes} "
-                            f"(({self.cfg.code_image_size} / {self.cfg.vqgan_factor})^2)", field="code")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= vocab.code_dict_size):
-            raise DataError(f"codes must lie in [0, {vocab.code_dict_size})", field="code")
+        try:
+            codes = torch.tensor(code_text.parse_codes(row["code"], self.num_codes, vocab.code_dict_size),
+                                 dtype=torch.long)
+        except code_text.CodeError as e:
+            raise DataError(f"{e} (({self.cfg.code_image_size} / {self.cfg.vqgan_factor})^2 codes a row)",
+                            field="code") from None
         return self._extra(self.source(IMAGE_PROMPT), codes + vocab.code_start, image, True, row.get("uniq_id"),
                            code_mask=True)
 
     def detection_example(self, row, key):
         img = self.image(row["image"])
         boxes, labels = [], []
-        for item in row["boxes"].strip().split("&&"):
-            parts = item.strip().split(",", 5)
-            if len(parts) != 6:
-                raise DataError(f"detection box {item!r} is not x0,y0,x1,y1,cat_id,cat_name", field="boxes")
-            try:
-                boxes.append(tuple(float(p) for p in parts[:4]))
-            except ValueError:
-                raise DataError(f"detection box {item!r} holds a non-number", field="boxes") from None
-            labels.append(parts[5].strip())
+        for box, _, name in parse_detection_boxes(row["boxes"]):
+            box_inside(box, img.size, ",".join(f"{v:g}" for v in box), "boxes")
+            boxes.append(box)
+            labels.append(name)
         rng = self.rng(-1, "det" + key)
         if rng.random() < 0.5:
             img, boxes = hflip(img, boxes)

@@ -1,115 +1,228 @@
-"""``ofa-data validate FILE --task T``: check every row of an official-format file.
+"""``ofa-data validate FILE --task T``: check every field of every row of an official-format file.
 
-Decodes every image (truncated base64, undecodable bytes and decompression bombs are caught), and
-checks the column count, empty required fields, box order and range (inside the image), VQA answer
-confidences, entailment labels and class indices. Every problem is reported with its file, row and
-field; the exit status is non-zero when any row is bad.
+Every field of every layout (``formats.SCHEMAS``) is checked as the datasets read it, so a file that passes
+trains and evaluates without a ``DataError``:
+
+- text: UTF-8 (a bad byte is reported with its line and field, and the next rows are still read); the
+  fields a task needs are not empty (``REQUIRED``);
+- images: base64 that decodes to an image under the pixel limit (truncated data, undecodable bytes and
+  decompression bombs are caught);
+- numbers: finite (no ``nan`` / ``inf``) and in range: boxes ``x0 < x1``, ``y0 < y1`` and inside the
+  image (``region_coord``, grounding ``refs``, detection ``boxes``); VQA answer confidences in [0, 1];
+  class indices positive integers; category ids non-negative integers; image codes non-negative
+  integers below ``--code-vocab-size`` that fill a square code grid;
+- labels: entailment labels, pretraining row types.
+
+Every problem is reported as ``FILE, line N, field 'F': WHAT`` (HDF5 shards: ``row N``, 1-based); the exit
+status is 1 when any row is bad, 2 for a mistake in the command itself (a missing file, an unknown task).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Callable, Dict, Iterator, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from ofa.data_utils.cli import ArgumentParser
 from ofa.data_utils.codes import CodeError, code_grid, parse_codes
 from ofa.data_utils.datasets import SNLI_LABELS
 from ofa.data_utils.errors import DataError
-from ofa.data_utils.formats import Schema, get_schema, parse_answers, parse_box
+from ofa.data_utils.formats import (
+    SCHEMAS,
+    Schema,
+    box_inside,
+    get_schema,
+    parse_answers,
+    parse_box,
+    parse_detection_boxes,
+    parse_index,
+)
 from ofa.data_utils.images import MAX_PIXELS, b64_to_bytes, decode_bytes
-from ofa.data_utils.readers import open_reader
+from ofa.data_utils.readers import locate, open_reader
+from ofa.data_utils.unify_dataset import VL_TYPES
 
-REQUIRED = {"uniq_id", "question_id", "caption", "text", "question", "hypothesis", "label_name", "code"}
+CODE_VOCAB_SIZE = 8192  # the official VQGAN codebook
+
+# the fields each layout's rows must fill (pretrain_vl: more by row type, ``_check_vl_type``)
+REQUIRED: Dict[str, Tuple[str, ...]] = {
+    "caption": ("uniq_id", "caption"),
+    "refcoco": ("uniq_id", "text"),
+    "vqa": ("question_id", "question"),
+    "snli_ve": ("uniq_id", "hypothesis", "caption"),
+    "image_classify": ("label_name",),
+    "image_gen": ("uniq_id", "code", "caption"),
+    "pretrain_vl": ("uniq_id", "type"),
+    "pretrain_text": ("uniq_id", "text"),
+    "pretrain_image": ("uniq_id", "code"),
+    "pretrain_detection": ("uniq_id", "boxes"),
+    "text_pair": ("uniq_id", "source", "target"),
+}
+VL_REQUIRED = {"caption": ("caption",), "qa": ("question", "refs"), "visual_grounding": ("caption", "refs")}
 
 
-def _check_answers(value: str, fields: Dict[str, str]) -> None:
+@dataclass
+class Row:
+    """One row being checked: its fields by column, the decoded images' sizes, the options."""
+
+    schema: Schema
+    fields: Dict[str, str]
+    sizes: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    code_vocab_size: int = CODE_VOCAB_SIZE
+
+    @property
+    def image_size(self) -> Optional[Tuple[int, int]]:
+        return self.sizes.get("image")
+
+
+def _check_answers(value: str, row: Row) -> None:
     parse_answers(value)
 
 
-def _check_label(value: str, fields: Dict[str, str]) -> None:
+def _check_region(value: str, row: Row) -> None:
+    box = parse_box(value)
+    if row.image_size is not None:
+        box_inside(box, row.image_size, value)
+
+
+def _check_label(value: str, row: Row) -> None:
     if value.strip() not in SNLI_LABELS:
         raise DataError(f"label {value!r} is not one of {sorted(SNLI_LABELS)}")
 
 
-def _check_label_index(value: str, fields: Dict[str, str]) -> None:
-    if not value.strip().isdigit() or int(value) < 1:
-        raise DataError(f"label index {value!r} is not a positive integer")
+def _check_label_index(value: str, row: Row) -> None:
+    parse_index(value, "label index", minimum=1)
 
 
-def _check_code(value: str, fields: Dict[str, str]) -> None:
-    """Image codes: non-negative integers (or ``<code_i>`` tokens) whose count fills a square code grid."""
+def _check_code(value: str, row: Row) -> None:
+    """Image codes: non-negative integers (or ``<code_i>`` tokens) below the codebook size whose count fills a
+    square code grid."""
     try:
-        code_grid(len(parse_codes(value)))
+        code_grid(len(parse_codes(value, vocab_size=row.code_vocab_size)))
     except CodeError as e:
         raise DataError(str(e)) from None
 
 
-CHECKS: Dict[str, Callable[[str, Dict[str, str]], None]] = {
-    "code": _check_code,
+def _check_detection(value: str, row: Row) -> None:
+    for box, _, _ in parse_detection_boxes(value):
+        if row.image_size is not None:
+            box_inside(box, row.image_size, ",".join(f"{v:g}" for v in box), "boxes")
+
+
+def _check_vl_type(value: str, row: Row) -> None:
+    """A pretrain_vl row's ``type``; the fields that type needs are filled, its ``refs`` parse."""
+    kind = value.strip()
+    if kind not in VL_TYPES:
+        raise DataError(f"type {kind!r} is not one of {list(VL_TYPES)}")
+    for col in VL_REQUIRED[kind]:
+        if not row.fields[col].strip():
+            raise DataError(f"empty field (a {kind} row needs it)", field=col)
+    refs = row.fields["refs"]
+    if kind == "qa":
+        parse_answers(refs, "refs")
+    elif kind == "visual_grounding":
+        box = parse_box(refs, "refs")
+        if row.image_size is not None:
+            box_inside(box, row.image_size, refs, "refs")
+
+
+# column -> check, per layout where a column name means different things
+CHECKS: Dict[str, Callable[[str, Row], None]] = {
     "answers": _check_answers,
-    "label": _check_label,
+    "region_coord": _check_region,
     "label_index": _check_label_index,
+    "code": _check_code,
+    "boxes": _check_detection,
+}
+SCHEMA_CHECKS: Dict[str, Dict[str, Callable[[str, Row], None]]] = {
+    "snli_ve": {"label": _check_label},
+    "pretrain_vl": {"type": _check_vl_type},
 }
 
 
-def validate_row(schema: Schema, values, max_pixels: Optional[int] = MAX_PIXELS) -> List[DataError]:
-    """All problems of one row (values in file order)."""
+def validate_row(schema: Schema, values, max_pixels: Optional[int] = MAX_PIXELS,
+                 code_vocab_size: int = CODE_VOCAB_SIZE) -> List[DataError]:
+    """All problems of one row (values in file order; images as base64 text or raw bytes)."""
     errors: List[DataError] = []
-    fields = dict(zip(schema.columns, values))
-    sizes = {}
-    for col in schema.columns:
-        value = fields[col]
+    row = Row(schema, dict(zip(schema.columns, values)), code_vocab_size=code_vocab_size)
+    for col in schema.image_columns:  # first, so that boxes are checked against the image's size
         try:
-            if col in schema.image_columns:
-                raw = value if isinstance(value, bytes) else b64_to_bytes(value)
-                sizes[col] = decode_bytes(raw, max_pixels).size
-            elif col in REQUIRED and not str(value).strip():
-                raise DataError("empty field")
-            elif col in CHECKS:
-                CHECKS[col](value, fields)
+            value = row.fields[col]
+            raw = value if isinstance(value, bytes) else b64_to_bytes(value)
+            row.sizes[col] = decode_bytes(raw, max_pixels).size
         except DataError as e:
             errors.append(e.at(field=col))
-    if "region_coord" in fields:
+    required = REQUIRED.get(schema.name, ())
+    checks = {**CHECKS, **SCHEMA_CHECKS.get(schema.name, {})}
+    for col in schema.columns:
+        if col in schema.image_columns:
+            continue
+        value = row.fields[col]
         try:
-            x0, y0, x1, y1 = parse_box(fields["region_coord"])
-            if "image" in sizes:
-                w, h = sizes["image"]
-                if x0 < 0 or y0 < 0 or x1 > w + 1 or y1 > h + 1 or x1 <= x0 or y1 <= y0:
-                    raise DataError(f"box {fields['region_coord']} is empty or outside the {w}x{h} image")
+            if not str(value).strip():
+                if col in required:
+                    raise DataError("empty field")
+                continue
+            if col in checks:
+                checks[col](value, row)
         except DataError as e:
-            errors.append(e.at(field="region_coord"))
+            errors.append(e.at(field=col))
     return errors
 
 
-def validate_file(path: str, task: str, max_pixels: Optional[int] = MAX_PIXELS) -> Iterator[DataError]:
-    """Yield a ``DataError`` for every problem in ``path`` (rows numbered from 0)."""
+def validate_file(path: str, task: str, max_pixels: Optional[int] = MAX_PIXELS,
+                  code_vocab_size: int = CODE_VOCAB_SIZE) -> Iterator[DataError]:
+    """Yield a ``DataError`` for every problem in ``path``, located by ``row`` (0-based) and ``line`` (the
+    1-based line of a TSV file; ``None`` for HDF5). A row that cannot be read (bad UTF-8, wrong column
+    count) is one problem; the rows after it are still checked."""
     schema = get_schema(task)
     reader = open_reader(path, schema=schema)
     for g in range(reader.total):
         try:
             values = reader.read_fields(g) if hasattr(reader, "read_fields") else reader.read_row(g)
         except DataError as e:
-            yield e.at(path, g)
+            yield locate(e, reader, g)
             continue
-        for e in validate_row(schema, values, max_pixels):
-            yield e.at(path, g)
+        for e in validate_row(schema, values, max_pixels, code_vocab_size):
+            yield locate(e, reader, g)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="ofa-data validate", description=__doc__.split("\n")[0])
+    parser.add_argument("files", nargs="+", help="TSV or HDF5 files")
+    parser.add_argument("--task", required=True, help=f"data layout: {', '.join(sorted(SCHEMAS))}")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted (pixels)")
+    parser.add_argument("--code-vocab-size", type=int, default=CODE_VOCAB_SIZE,
+                        help="image codes must lie in [0, N) (the VQGAN codebook; default 8192)")
+    parser.add_argument("--max-report", type=int, default=50, help="print at most this many problems per file")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="ofa-data validate", description=__doc__.split("\n")[0])
-    parser.add_argument("files", nargs="+", help="TSV or HDF5 files")
-    parser.add_argument("--task", required=True, help="data layout: caption, refcoco, vqa, snli_ve, image_classify, ...")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted (pixels)")
-    parser.add_argument("--max-report", type=int, default=50, help="print at most this many problems per file")
+    """Check every file; prints each problem on stderr and a summary line per file on stdout.
+
+    Returns 0 when every row is good and 1 when any is bad; a mistake in the command (a missing file, an
+    unknown task, a bad option) raises ``DataError`` / exits 2 before any file is checked.
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
+    for name, value in (("--max-pixels", args.max_pixels), ("--code-vocab-size", args.code_vocab_size),
+                        ("--max-report", args.max_report)):
+        if value < (0 if name == "--max-report" else 1):
+            parser.error(f"{name} must be {'non-negative' if name == '--max-report' else 'positive'}, got {value}")
+    get_schema(args.task)
+    for path in args.files:  # every file is there before any is read
+        if not os.path.isfile(path):
+            raise DataError("file not found", path)
     bad_total = 0
     for path in args.files:
         rows = set()
         count = 0
-        for err in validate_file(path, args.task, args.max_pixels):
+        for err in validate_file(path, args.task, args.max_pixels, args.code_vocab_size):
             count += 1
             rows.add(err.row)
             if count <= args.max_report:
-                print(f"ERROR {err}", file=sys.stderr)
+                print(err, file=sys.stderr)
         if count > args.max_report:
             print(f"... {count - args.max_report} more problems in {path}", file=sys.stderr)
         status = "OK" if not count else f"{len(rows)} bad rows, {count} problems"
@@ -119,4 +232,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ofa.console import run_cli
+
+    sys.exit(run_cli("ofa-data validate", main))

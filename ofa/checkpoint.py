@@ -13,6 +13,10 @@
   ``config.json`` + the tokenizer files; ``load_model(out_dir)`` reads it back.
 - ``save_checkpoint`` writes this project's fairseq-format file. Every write goes to a temporary
   file first and is renamed into place, so a failed save never replaces a good file.
+- A checkpoint's configs are input: every model and task value is checked against its type and range
+  (``ofa.model.config.check_model_config``, ``ofa.config_checks``) before the tokenizer or the model is
+  built; keys nothing reads are reported in one warning line (the official trainer's own arguments are
+  known and stay quiet); unknown ``overrides`` are an error.
 """
 from __future__ import annotations
 
@@ -31,14 +35,17 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ofa.config_checks import (check_saved_task_values, check_values, reject_unknown_keys, subject,
+                               warn_unknown_keys)
+from ofa.errors import UserError
 from ofa.io_utils import atomic_output, write_atomic
-from ofa.model.config import OFAModelConfig, config_for_arch
+from ofa.model.config import MODEL_LIMITS, OFAModelConfig, check_model_config, config_for_arch
 from ofa.model.ofa_model import OFAModel
 from ofa.model.resnet import RESNET_LAYERS
 from ofa.tokenizer import load_tokenizer
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be loaded safely or does not fit the model."""
 
 
@@ -185,11 +192,13 @@ def _count_indexed(state: Dict[str, torch.Tensor], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def infer_config(state: Dict[str, torch.Tensor]) -> OFAModelConfig:
+def infer_config(state: Dict[str, torch.Tensor], source: Optional[str] = None) -> OFAModelConfig:
     """Read the architecture off an official-key state dict (for config-less checkpoints).
 
     Sizes come from tensor shapes; NormFormer and embedding switches from which keys exist. The
-    decoder's position entanglement cannot be seen in weights; it is off, as in every release.
+    decoder's position entanglement cannot be seen in weights; it is off, as in every release. The sizes
+    are checked like any config (``check_model_config``; ``source`` names the file in the message) before
+    the config is built.
     """
     try:
         vocab, d = state["encoder.embed_tokens.weight"].shape
@@ -220,7 +229,7 @@ def infer_config(state: Dict[str, torch.Tensor]) -> OFAModelConfig:
     def has(fragment: str) -> bool:
         return any(fragment in k for k in state)
 
-    return OFAModelConfig(
+    values = dict(
         encoder_embed_dim=d, decoder_embed_dim=d, encoder_ffn_embed_dim=ffn, decoder_ffn_embed_dim=dec_ffn,
         encoder_layers=_count_indexed(state, "encoder.layers."),
         decoder_layers=_count_indexed(state, "decoder.layers."),
@@ -237,6 +246,8 @@ def infer_config(state: Dict[str, torch.Tensor]) -> OFAModelConfig:
         # not visible in weights; every released checkpoint ties all embeddings and does not scale them
         share_all_embeddings=True, share_decoder_input_output_embed=True, no_scale_embedding=True,
     )
+    check_model_config(values, where=f"{source or 'the state dict'} (read off its tensors)")
+    return OFAModelConfig(**values)
 
 
 # ---------------------------------------------------------------------------- strict loading
@@ -289,6 +300,13 @@ class CheckpointInfo:
     format: str = ""
     path: str = ""
     ema: bool = False
+    # what the loaded vocabulary was built with (``ofa.config_checks.check_against_checkpoint`` compares task
+    # options with them; ``None`` where unknown): the tokenizer folder, the code and bin counts, and the
+    # embedding rows the checkpoint's weights have
+    bpe_dir: Optional[str] = None
+    code_dict_size: Optional[int] = None
+    num_bins: Optional[int] = None
+    vocab_size: Optional[int] = None
 
 
 def _as_dict(obj: Any) -> Dict[str, Any]:
@@ -299,12 +317,51 @@ def _as_dict(obj: Any) -> Dict[str, Any]:
     return dict(vars(obj))
 
 
-def _resolve_tokenizer(bpe_dir: Optional[str], task_cfg: Dict[str, Any], path: str):
-    candidates = [bpe_dir, task_cfg.get("bpe_dir"), os.path.dirname(os.path.abspath(path))]
-    for c in candidates:
-        if c and os.path.isdir(c):
+def _config_values(source: Any) -> Dict[str, Any]:
+    """A config as a plain dict, from a Namespace, dict, DictConfig or dataclass."""
+    if dataclasses.is_dataclass(source):
+        return dataclasses.asdict(source)
+    if isinstance(source, dict):
+        return dict(source)
+    if hasattr(source, "items"):
+        return dict(source.items())
+    if hasattr(source, "__dict__"):
+        return dict(vars(source))
+    raise CheckpointError(f"the model config is a {type(source).__name__}, not a mapping")
+
+
+def _model_fields() -> List[str]:
+    return [f.name for f in dataclasses.fields(OFAModelConfig)]
+
+
+def check_overrides(overrides: Dict[str, Any]) -> None:
+    """``load_model``'s ``overrides``: every key must be a model config field and every value in range
+    (``ConfigError`` otherwise, before anything is loaded)."""
+    reject_unknown_keys(overrides, _model_fields(), scope="model config", given_as="overrides")
+    check_values(overrides, MODEL_LIMITS, scope="model config", style="keyword")
+
+
+def _model_config(values: Dict[str, Any], overrides: Dict[str, Any], where: str) -> OFAModelConfig:
+    """The checkpoint's model config with ``overrides``: unknown keys warned about, every value checked
+    (``where`` names the file), before anything is built."""
+    names = _model_fields()
+    warn_unknown_keys(values, names, scope="model config", where=where)
+    kept = {k: v for k, v in values.items() if k in names and k not in overrides}
+    check_model_config({**kept, **overrides}, where=where)
+    return OFAModelConfig.from_any(kept, **overrides)
+
+
+def _resolve_tokenizer(bpe_dir: Optional[str], task_cfg: Dict[str, Any], path: str, own: Optional[str] = None):
+    """``(tokenizer, folder)``: the explicit ``bpe_dir`` (an error names what it lacks), else the first of
+    ``own`` (an export's folder), the checkpoint's saved ``bpe_dir`` and the checkpoint's folder that holds a
+    tokenizer (a saved path from another machine is skipped)."""
+    codes, bins = task_cfg.get("code_dict_size", 8192), task_cfg.get("num_bins", 1000)
+    if bpe_dir:
+        return load_tokenizer(bpe_dir, codes, bins, option="bpe_dir"), bpe_dir
+    for c in (own, task_cfg.get("bpe_dir"), os.path.dirname(os.path.abspath(path))):
+        if c and isinstance(c, str) and os.path.isdir(c):
             try:
-                return load_tokenizer(c, task_cfg.get("code_dict_size", 8192), task_cfg.get("num_bins", 1000))
+                return load_tokenizer(c, codes, bins), c
             except FileNotFoundError:
                 continue
     raise CheckpointError(
@@ -327,7 +384,8 @@ def load_model(path: str, bpe_dir: Optional[str] = None, ema: bool = False,
     Returns:
         ``(model in eval mode, fairseq Dictionary, CheckpointInfo)``.
     """
-    overrides = overrides or {}
+    overrides = dict(overrides or {})
+    check_overrides(overrides)
     if os.path.isdir(path):
         return _load_export(path, bpe_dir, overrides)
     obj = safe_load(path)
@@ -346,13 +404,32 @@ def load_model(path: str, bpe_dir: Optional[str] = None, ema: bool = False,
             if not isinstance(extra, dict) or "ema" not in extra:
                 raise CheckpointError(f"{path}: ema=True but the checkpoint carries no EMA weights")
             state, used_ema = extra["ema"], True
-        config = OFAModelConfig.from_any(model_cfg, **overrides) if model_cfg is not None else infer_config(state)
+        if model_cfg is not None:
+            config = _model_config(_config_values(model_cfg), overrides, where=path)
+        else:
+            config = _with_overrides(infer_config(state, source=path), overrides, path)
     else:
         state = from_mmpretrain(obj) if fmt == "mmpretrain" else obj
-        config = infer_config(state)
-        config = dataclasses.replace(config, **overrides)
-    tokenizer = _resolve_tokenizer(bpe_dir, task_cfg, path)
+        config = _with_overrides(infer_config(state, source=path), overrides, path)
+    check_saved_task_values(task_cfg, where=path)
+    return _build(config, state, task_cfg, bpe_dir, path, fmt, used_ema)
+
+
+def _with_overrides(config: OFAModelConfig, overrides: Dict[str, Any], where: str) -> OFAModelConfig:
+    if not overrides:
+        return config
+    check_model_config({**dataclasses.asdict(config), **overrides}, where=where)
+    return dataclasses.replace(config, **overrides)
+
+
+def _build(config: OFAModelConfig, state: Dict[str, torch.Tensor], task_cfg: Dict[str, Any],
+           bpe_dir: Optional[str], path: str, fmt: str, used_ema: bool = False, own: Optional[str] = None):
+    """Tokenizer, then the model (its embedding must match the dictionary), then the weights."""
+    tokenizer, folder = _resolve_tokenizer(bpe_dir, task_cfg, path, own)
     dictionary = tokenizer.dictionary
+    if "encoder.embed_tokens.weight" not in state:
+        raise CheckpointError(f"{path}: no encoder.embed_tokens.weight among its {len(state)} tensors; "
+                              "not an OFA checkpoint?")
     vocab_rows = state["encoder.embed_tokens.weight"].shape[0]
     if vocab_rows != len(dictionary):
         raise CheckpointError(f"{path}: the checkpoint has {vocab_rows} embedding rows but the dictionary "
@@ -360,7 +437,10 @@ def load_model(path: str, bpe_dir: Optional[str] = None, ema: bool = False,
     model = OFAModel.from_config(config, dictionary)
     load_state_strict(model, state, source=path)
     model.eval()
-    return model, dictionary, CheckpointInfo(config, task_cfg, fmt, path, used_ema)
+    vocab = tokenizer.vocab
+    return model, dictionary, CheckpointInfo(config, task_cfg, fmt, path, used_ema, bpe_dir=folder,
+                                             code_dict_size=vocab.code_dict_size, num_bins=vocab.num_bins,
+                                             vocab_size=vocab_rows)
 
 
 def build_model_for_arch(arch: str, bpe_dir: str, released: bool = True, **overrides) -> Tuple[OFAModel, Any]:
@@ -420,6 +500,30 @@ def export_safetensors(model: OFAModel, tokenizer_dir: str, out_dir: str,
     return out_dir
 
 
+EXPORT_KEYS = ("format", "version", "model", "task")
+
+
+def read_export_config(cfg_path: str) -> Dict[str, Any]:
+    """An export's ``config.json``, checked: valid JSON holding ``format`` ``ofa-safetensors``, a ``model``
+    object and an optional ``task`` object (other top-level keys are warned about); the model and task values
+    are checked against their ranges (``check_model_config``, ``check_saved_task_values``)."""
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, found {type(config).__name__}")
+    if config.get("format") != "ofa-safetensors":
+        raise CheckpointError(f"{cfg_path}: unknown format {config.get('format')!r}")
+    warn_unknown_keys(config, EXPORT_KEYS, scope="top-level", where=cfg_path)
+    for key, required in (("model", True), ("task", False)):
+        if (required or key in config) and not isinstance(config.get(key), dict):
+            raise CheckpointError(f"{cfg_path}: {subject('export', key, config.get(key))} is not a JSON object")
+    check_saved_task_values(config.get("task", {}), where=cfg_path)
+    return config
+
+
 def _load_export(path: str, bpe_dir: Optional[str], overrides: Dict[str, Any]):
     from safetensors.torch import load_file
 
@@ -427,13 +531,9 @@ def _load_export(path: str, bpe_dir: Optional[str], overrides: Dict[str, Any]):
     weights = os.path.join(path, EXPORT_WEIGHTS)
     if not (os.path.isfile(cfg_path) and os.path.isfile(weights)):
         raise CheckpointError(f"{path} is not an OFA export: expected {EXPORT_CONFIG} and {EXPORT_WEIGHTS}")
-    with open(cfg_path) as f:
-        config = json.load(f)
-    if config.get("format") != "ofa-safetensors":
-        raise CheckpointError(f"{cfg_path}: unknown format {config.get('format')!r}")
-    model_cfg = OFAModelConfig.from_any(config["model"], **overrides)
-    tokenizer = _resolve_tokenizer(bpe_dir or path, config.get("task", {}), weights)
-    model = OFAModel.from_config(model_cfg, tokenizer.dictionary)
-    load_state_strict(model, load_file(weights), source=weights)
-    model.eval()
-    return model, tokenizer.dictionary, CheckpointInfo(model_cfg, config.get("task", {}), "safetensors", path)
+    config = read_export_config(cfg_path)
+    model_cfg = _model_config(config["model"], overrides, where=cfg_path)
+    model, dictionary, info = _build(model_cfg, load_file(weights), config.get("task", {}), bpe_dir, weights,
+                                     "safetensors", own=path)  # the export carries its own tokenizer
+    info.path = path
+    return model, dictionary, info

@@ -2,9 +2,11 @@
 into place on success.
 
 A crash, a kill or an exception while writing never leaves a half-written file under the final name, and
-never replaces a good file with a partial one. The temporary file is ``{name}.{random}.partial`` in the
-target's folder (so the rename stays on one file system); the finished file gets the permissions the
-user's umask gives a new file (``tempfile.mkstemp`` alone would leave it ``0600``).
+never replaces a good file with a partial one. The temporary file is ``{name}.{pid}.{random}.partial`` in
+the target's folder (so the rename stays on one file system); the finished file gets the permissions the
+user's umask gives a new file (``tempfile.mkstemp`` alone would leave it ``0600``). A ``.partial`` that a
+killed process left behind (its process id no longer runs on this machine) is removed by the next write of
+the same file.
 
 - ``atomic_output(path)``: a temporary path to write by any means (``torch.save``, PIL, h5py ...);
 - ``AtomicFile(path, mode)``: an open file with explicit ``commit()`` / ``abort()``, for streams that
@@ -21,16 +23,60 @@ from typing import IO, Iterator, List, Sequence, Union
 
 
 def _umask() -> int:
+    """The process's umask: read from ``/proc`` where there is one (no change to the process), else by setting
+    and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
+def remove_stale_partials(path: str) -> List[str]:
+    """Remove the ``{name}.{pid}.{random}.partial`` files beside ``path`` whose writing process is gone (a run
+    killed mid-write); returns the removed paths. Files of running processes are left alone."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(path) + "."
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".partial")):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+            except OSError:
+                pass
+    return removed
+
+
 def _temp_beside(path: str) -> str:
-    """An empty temporary file in ``path``'s folder (created if missing), with the umask's permissions."""
+    """An empty temporary file in ``path``'s folder (created if missing), with the umask's permissions; stale
+    partial files of the same target are removed first."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.{os.getpid()}.", suffix=".partial", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     return tmp

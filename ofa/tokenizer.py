@@ -24,19 +24,60 @@ Two tokenizers share one interface (``encode(text) -> LongTensor`` without BOS/E
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence, Union
 
 import torch
 from fairseq.data import Dictionary
 
+from ofa.errors import ConfigError
 from ofa.io_utils import AtomicFile
 
 SPECIAL_RE = re.compile(r"(<bin_\d+>|<code_\d+>|<mask>)")
 SPM_MODEL = "spm.model"
 SPM_DICT = "dict.txt"
+GPT2_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
+SPM_FILES = (SPM_MODEL, SPM_DICT)
+
+
+class BpeDirError(ConfigError, FileNotFoundError):
+    """A tokenizer folder (``--bpe-dir``) that does not exist or lacks a file; the message names both."""
+
+
+def tokenizer_kind(bpe_dir: str, option: str = "bpe_dir") -> str:
+    """``"gpt2"`` or ``"sentencepiece"``: which tokenizer ``bpe_dir`` holds, all of its files present.
+
+    Raises:
+        BpeDirError: one line naming the folder and what is wrong: ``bpe_dir /x does not exist``,
+            ``bpe_dir /x lacks vocab.bpe (GPT-2 BPE needs encoder.json, vocab.bpe, dict.txt)``.
+    """
+    if not os.path.exists(bpe_dir):
+        raise BpeDirError(f"{option} {bpe_dir} does not exist")
+    if not os.path.isdir(bpe_dir):
+        raise BpeDirError(f"{option} {bpe_dir} is not a folder")
+
+    def lacking(names):
+        return [n for n in names if not os.path.isfile(os.path.join(bpe_dir, n))]
+
+    if os.path.isfile(os.path.join(bpe_dir, SPM_MODEL)):
+        kind, needs = "sentencepiece", SPM_FILES
+    elif any(os.path.isfile(os.path.join(bpe_dir, n)) for n in ("encoder.json", "vocab.bpe")):
+        kind, needs = "gpt2", GPT2_FILES
+    else:
+        raise BpeDirError(
+            f"{option} {bpe_dir} holds neither GPT-2 BPE files ({', '.join(GPT2_FILES)}) nor a SentencePiece "
+            f"model ({', '.join(SPM_FILES)}): it lacks encoder.json and {SPM_MODEL}; train one with "
+            "`ofa-tokenizer train`"
+        )
+    missing = lacking(needs)
+    if missing:
+        name = "GPT-2 BPE" if kind == "gpt2" else "a SentencePiece tokenizer"
+        raise BpeDirError(f"{option} {bpe_dir} lacks {' and '.join(missing)} ({name} needs {', '.join(needs)})")
+    return kind
 
 
 def build_dictionary(dict_path: str, code_dict_size: int = 8192, num_bins: int = 1000) -> Dictionary:
@@ -192,20 +233,22 @@ class SentencePieceTokenizer(_Tokenizer):
         return self.sp.decode_pieces(symbols)
 
 
-def load_tokenizer(bpe_dir: str, code_dict_size: int = 8192, num_bins: int = 1000):
+def load_tokenizer(bpe_dir: str, code_dict_size: int = 8192, num_bins: int = 1000, option: str = "bpe_dir"):
     """Load the tokenizer stored in ``bpe_dir``.
 
     A directory with ``encoder.json``/``vocab.bpe``/``dict.txt`` gives the official GPT-2 BPE; one
-    with ``spm.model``/``dict.txt`` (written by ``ofa-tokenizer train``) gives SentencePiece.
+    with ``spm.model``/``dict.txt`` (written by ``ofa-tokenizer train``) gives SentencePiece. A folder
+    that does not exist or lacks one of them is a ``BpeDirError`` naming ``option`` (how the caller's user
+    gave the folder, e.g. ``--bpe-dir``), the folder and the missing file (``tokenizer_kind``). The code and
+    bin counts are checked against ``ofa.config_checks.TASK_LIMITS`` first (each adds one symbol per unit).
     """
-    if os.path.isfile(os.path.join(bpe_dir, "encoder.json")):
+    from ofa.config_checks import TASK_LIMITS, check_value
+
+    for name, value in (("code_dict_size", code_dict_size), ("num_bins", num_bins)):  # one symbol each
+        check_value(name, value, TASK_LIMITS[name], scope="task config", style="cli")
+    if tokenizer_kind(bpe_dir, option) == "gpt2":
         return GPT2Tokenizer(bpe_dir, code_dict_size, num_bins)
-    if os.path.isfile(os.path.join(bpe_dir, SPM_MODEL)):
-        return SentencePieceTokenizer(bpe_dir, code_dict_size, num_bins)
-    raise FileNotFoundError(
-        f"{bpe_dir} holds neither GPT-2 BPE files (encoder.json, vocab.bpe, dict.txt) nor a "
-        f"SentencePiece model ({SPM_MODEL}, {SPM_DICT}); train one with `ofa-tokenizer train`"
-    )
+    return SentencePieceTokenizer(bpe_dir, code_dict_size, num_bins)
 
 
 def train_sentencepiece(corpus: Union[str, Iterable[str]], out_dir: str, vocab_size: int = 8000,
@@ -244,8 +287,14 @@ def train_sentencepiece(corpus: Union[str, Iterable[str]], out_dir: str, vocab_s
     return out_dir
 
 
-def main(argv=None) -> None:
-    """``ofa-tokenizer train --corpus FILE --out DIR [--vocab-size N]``"""
+def main(argv=None) -> int:
+    """``ofa-tokenizer train --corpus FILE --out DIR [--vocab-size N]``; mistakes in one line (``ofa.console``)."""
+    from ofa.console import run_cli
+
+    return run_cli("ofa-tokenizer", _main, argv)
+
+
+def _main(argv) -> None:
     parser = argparse.ArgumentParser(prog="ofa-tokenizer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a SentencePiece tokenizer on a text corpus")
@@ -258,13 +307,15 @@ def main(argv=None) -> None:
     show.add_argument("text")
     args = parser.parse_args(argv)
     if args.command == "train":
+        if not os.path.isfile(args.corpus):
+            raise FileNotFoundError(errno.ENOENT, f"corpus not found: {args.corpus}", args.corpus)
         out = train_sentencepiece(args.corpus, args.out, args.vocab_size, args.model_type)
         tok = load_tokenizer(out)
         print(f"wrote {out}: {len(tok.dictionary)} entries ({tok.sp.get_piece_size()} pieces)")
     else:
-        tok = load_tokenizer(args.bpe_dir)
+        tok = load_tokenizer(args.bpe_dir, option="--bpe-dir")
         print(" ".join(map(str, tok.encode(args.text).tolist())))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

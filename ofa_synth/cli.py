@@ -10,9 +10,13 @@
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from typing import List, Optional
+
+from ofa.console import run_cli
+from ofa.errors import ConfigError
 
 # command -> module whose ``main(argv)`` runs it
 COMMANDS = {
@@ -24,21 +28,20 @@ COMMANDS = {
 }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        print(f"ofa-synth: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    from ofa.data_utils.errors import DataError
+        near = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f"did you mean {near[0]}?" if near else f"choose one of {', '.join(COMMANDS)}"
+        raise ConfigError(f"unknown command {argv[0]!r}; {hint}")
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
 
-    try:
-        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
-    except DataError as e:
-        print(f"ofa-synth {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Mistakes (bad data or options, missing files) in one line ``ofa-synth: error: ...``, exit status 2."""
+    return run_cli("ofa-synth", _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,10 @@ Validation generates with beam search (``--eval-beam 5 --eval-max-len-b 16
 (document frequencies of the validation references, or ``--eval-cider-cached-tokens``) and corpus
 BLEU-4. Stage 2 (CIDEr optimisation) is this task with ``--criterion scst_reward_criterion``.
 
-One-image inference: beam search with the task's generator, ``{"caption", "score"}`` (punctuation
-stripped as in evaluation; ``score`` is the best hypothesis' length-normalised log-probability).
+Inference (``ofa.inference_model``; a batch is one beam search): ``{"caption", "logprob", "prob", "score"}``
+(punctuation stripped as in evaluation; ``logprob`` the best hypothesis' summed token log-probabilities,
+EOS included, ``prob = exp(logprob)``, ``score`` its length-normalised log-probability, which beam search
+ranks by).
 """
 
 import logging
@@ -18,8 +20,9 @@ from fairseq import metrics
 from fairseq.tasks import register_task
 
 from ofa.data_utils.datasets import CaptionDataset
+from ofa.data_utils.errors import DataError
 from ofa.data_utils.text import strip_punctuation
-from ofa.inference import InferenceSpec, generate_one, register_inference
+from ofa.inference import InferenceSpec, generate_batch, hypothesis_scores, register_inference
 from ofa.metrics.bleu import bleu_stats, corpus_bleu
 from ofa.metrics.cider import CiderD, build_document_frequency, load_document_frequency
 from ofa.metrics.coco import caption_scores
@@ -51,13 +54,29 @@ class CaptionTask(OFATask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch, combine, **kwargs)
         if split != "train" and self.cider is None:
-            ds = self.datasets[split]
-            refs = []
-            for g in range(ds.reader.total):  # document frequencies of this split's references
-                fields = ds.reader.read_row(g)
-                refs.append([strip_punctuation(c) for c in fields[ds._pos[2]].split("&&")])
-            df, ref_len = build_document_frequency(refs)
+            df, ref_len = build_document_frequency(self.split_references(self.datasets[split]))
             self.cider = CiderD(df=df, ref_len=ref_len)
+
+    def split_references(self, ds) -> List[List[str]]:
+        """Every row's references (punctuation stripped), for CIDEr's document frequencies. With
+        ``--bad-rows skip`` a row that cannot be read is left out and recorded in the dataset's skipped rows
+        (once: evaluation meets it again), by the rank that reads it."""
+        reader, refs = ds.reader, []
+        caption = ds._pos[ds.columns.index("caption")]
+        mine = None
+        for g in range(reader.total):
+            try:
+                fields = reader.read_row(g)
+            except DataError as e:
+                if self.cfg.bad_rows != "skip":
+                    raise e.at(reader.path, g) from None
+                if mine is None:  # the rows this rank reads (each row is counted by one rank)
+                    mine = {reader.global_index(i) for i in range(len(reader)) if not reader.is_padding(i)}
+                if g in mine:
+                    ds.skipped_rows.add(reader.path, g)
+                continue
+            refs.append([strip_punctuation(c) for c in fields[caption].split("&&")])
+        return refs
 
     def inference(self, model, sample) -> List[str]:
         hyps = self.generator.generate([model], self.net_input_for_generation(sample))
@@ -94,16 +113,20 @@ class CaptionTask(OFATask):
         return [{"image_id": str(uid), "caption": p} for uid, p in zip(sample["uniq_ids"], predictions)]
 
 
-# ---------------------------------------------------------------------------------------- one-image inference
+# ---------------------------------------------------------------------------------------- inference
 def _row(image, size, text, premise):
     return {"uniq_id": "0", "image": image, "caption": "none"}
 
 
-def _predict(task_name, task, model, sample, size, gen_over) -> Dict[str, Any]:
-    caption, best = generate_one(task, model, sample, gen_over)
-    return {"caption": caption, "score": float(best["score"])}
+def _predict(task_name, task, model, sample, sizes, gen_over) -> List[Dict[str, Any]]:
+    captions, best = generate_batch(task, model, sample, gen_over)
+    return [{"caption": c, **hypothesis_scores(h)} for c, h in zip(captions, best)]
+
+
+def _lines(r: Dict[str, Any]) -> List[str]:
+    return [f"caption: {r['caption']}", f"logprob: {r['logprob']:.4f}  (prob {r['prob']:.4g})"]
 
 
 register_inference("caption", InferenceSpec(
-    _row, _predict, lines=lambda r: [f"caption: {r['caption']}", f"score: {r['score']:.4f}"],
-    text=lambda r: f"{r['caption']} ({r['score']:.3f})", aliases=("captioning", "image_caption")))
+    _row, _predict, lines=_lines, text=lambda r: f"{r['caption']} (logprob {r['logprob']:.2f})",
+    aliases=("captioning", "image_caption")))

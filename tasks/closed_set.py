@@ -14,13 +14,15 @@
 prediction / scoring logic: score = the answer's confidence in ``ref_dict`` (VQA score; 1/0
 accuracy for entailment and classification).
 
-One-image inference (``closed_set_inference``): every candidate is scored as in allcand, then a softmax
-over the candidates gives ``{answer_key: best, "score": its probability, "top": [(answer, probability)]
-x TOP_K}``.
+Inference (``closed_set_inference``; a batch is one encoder pass and one candidate scoring): every
+candidate is scored as in allcand, then a log-softmax over the candidates gives ``{answer_key: best,
+"logprob": log of its probability among the candidates, "prob": exp(logprob), "score": prob (kept for
+compatibility), "top": [(answer, probability)] x TOP_K, best first}``.
 """
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -214,30 +216,36 @@ class ClosedSetTask(OFATask):
         return [{"uniq_id": uid, "answer": p} for uid, p in zip(sample["uniq_ids"], predictions)]
 
 
-# ---------------------------------------------------------------------------------------- one-image inference
-def closed_set_predict(task, model, sample, answer_key: str = "answer") -> Dict[str, Any]:
-    """Score every candidate answer of a ``ClosedSetTask`` for a one-sample batch (allcand), softmax over
-    them: ``{answer_key: best, "score": its probability, "top": [(answer, probability)] x TOP_K}``."""
+# ---------------------------------------------------------------------------------------- inference
+def closed_set_predict(task, model, sample, answer_key: str = "answer") -> List[Dict[str, Any]]:
+    """Score every candidate answer of a ``ClosedSetTask`` for every sample of the batch (allcand, one
+    encoder pass), log-softmax over the candidates; per sample ``{answer_key: best, "logprob": its
+    log-probability among the candidates, "prob": exp(logprob), "score": prob, "top": [(answer, probability)]
+    x TOP_K}`` (the probabilities of ``top`` are ``exp`` of the same log-probabilities, so ``top[0]`` is
+    ``(best, prob)`` exactly)."""
     answers = task.answer_set.answers
-    logprobs = task.answer_set.score_candidates(model, sample, task.cfg.valid_batch_size)[0].float()
-    probs = torch.softmax(logprobs, dim=0)
-    values, idx = probs.topk(min(TOP_K, len(answers)))
-    top = [(answers[i], float(p)) for i, p in zip(idx.tolist(), values.tolist())]
-    return {answer_key: top[0][0], "score": top[0][1], "top": top}
+    logprobs = F.log_softmax(task.answer_set.score_candidates(model, sample, task.cfg.valid_batch_size).double(), dim=1)
+    values, idx = logprobs.topk(min(TOP_K, len(answers)), dim=1)
+    results = []
+    for row_values, row_idx in zip(values.tolist(), idx.tolist()):
+        top = [(answers[i], math.exp(lp)) for i, lp in zip(row_idx, row_values)]
+        best_lp = float(row_values[0])
+        results.append({answer_key: top[0][0], "logprob": best_lp, "prob": top[0][1], "score": top[0][1], "top": top})
+    return results
 
 
 def closed_set_inference(row: RowBuilder, answer_key: str = "answer", **spec_fields) -> InferenceSpec:
     """The ``InferenceSpec`` of a closed-set task: ``row`` plus the closed-set predictor (``closed_set_predict``;
     the best answer under ``answer_key``, ``answer`` or ``label``) and its printed lines; ``spec_fields``
     (``aliases``, ``takes_premise``) as ``InferenceSpec``'s."""
-    def predict(task_name, task, model, sample, size, gen_over):
+    def predict(task_name, task, model, sample, sizes, gen_over):
         return closed_set_predict(task, model, sample, answer_key)
 
     def lines(r: Dict[str, Any]) -> List[str]:
-        return [f"{answer_key}: {r[answer_key]}  (p={r['score']:.4f})"] + \
+        return [f"{answer_key}: {r[answer_key]}  (prob {r['prob']:.4f}, logprob {r['logprob']:.4f})"] + \
             [f"  {prob:7.4f}  {answer}" for answer, prob in r["top"]]
 
     def text(r: Dict[str, Any]) -> str:
-        return f"{r[answer_key]} (p={r['score']:.3f})"
+        return f"{r[answer_key]} (p={r['prob']:.3f})"
 
     return InferenceSpec(row=row, predict=predict, lines=lines, text=text, **spec_fields)

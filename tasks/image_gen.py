@@ -23,9 +23,12 @@ the code range), ``code_nll`` (nats per reference code) and ``sample_logprob`` (
 of the best sample). What the generated images show is judged outside the task, from the PNGs of
 ``--gen-images-path`` and the records of ``{split}_predict.json`` (``uniq_id``, ``caption``, ``image``).
 
-One-image inference (no input image; ``text`` is the caption, ``vqgan_path=`` the VQGAN): sampled image
-codes decoded into ``{"images": [PIL] (best first), "codes", "score" (mean log-probability of the best
-sample), "scores", "caption"}``, plus ``"paths"`` when ``out=`` names a PNG to write.
+Inference (``ofa.inference_model``; no input image: ``text`` is the caption, a list of captions a batch,
+``vqgan_path=`` the VQGAN): sampled image codes decoded into ``{"caption", "images": [PIL] (best first),
+"codes", "logprob" (the best sample's summed code and EOS log-probabilities, not length-normalised),
+"prob" (its exp; it underflows to 0 for large images), "score" (the best sample's mean log-probability,
+which ranks the samples), "scores" (every sample's)}``, plus ``"paths"`` when ``out=`` names a PNG to
+write. Sampling draws depend on the batch, so a batch does not repeat single calls' images.
 """
 import logging
 import os
@@ -41,7 +44,7 @@ from fairseq.tasks import register_task
 from ofa.criterions.losses import mask_logits
 from ofa.data_utils.image_gen_dataset import ImageGenDataConfig, ImageGenDataset
 from ofa.generate import TokenRange
-from ofa.inference import InferenceSpec, need_text, register_inference
+from ofa.inference import InferenceSpec, hypothesis_scores, need_text, recording_generator, register_inference
 from ofa.io_utils import save_pngs
 from ofa.tasks.ofa_task import OFATask, OFATaskConfig
 
@@ -263,27 +266,31 @@ class ImageGenTask(OFATask):
         return recs
 
 
-# ---------------------------------------------------------------------------------------- one-image inference
+# ---------------------------------------------------------------------------------------- inference
 def _row(image, size, text, premise):
     # no image; an empty code column (generation from the caption alone)
     return {"uniq_id": "0", "code": "", "caption": need_text("image_gen", text, "the caption")}
 
 
-def _predict(task_name, task, model, sample, size, gen_over) -> Dict[str, Any]:
-    generator = task.build_generator([model], **gen_over) if gen_over else task.generator
-    hyps = task.generate_codes(model, sample, generator)[0]
-    codes = torch.stack([h["codes"] for h in hyps])  # [S, N]
+def _predict(task_name, task, model, sample, sizes, gen_over) -> List[Dict[str, Any]]:
+    recorder = recording_generator(task, model, gen_over)  # keeps the hypotheses' positional scores
+    per_sample = task.generate_codes(model, sample, recorder)
     from ofa.vqgan.data import to_pil
 
-    images = [to_pil(img) for img in task.decode_images(codes)]
-    return {"caption": sample["captions"][0], "images": images, "codes": codes.tolist(),
-            "score": hyps[0]["score"], "scores": [h["score"] for h in hyps]}
+    results = []
+    for caption, hyps, raw in zip(sample["captions"], per_sample, recorder.hyps):
+        codes = torch.stack([h["codes"] for h in hyps])  # [S, N]
+        images = [to_pil(img) for img in task.decode_images(codes)]
+        results.append({"caption": caption, "images": images, "codes": codes.tolist(),
+                        **hypothesis_scores(raw[0]), "scores": [h["score"] for h in hyps]})
+    return results
 
 
 def _lines(r: Dict[str, Any]) -> List[str]:
-    return [f"caption: {r['caption']}", f"score: {r['score']:.4f}"] + [f"image: {p}" for p in r.get("paths", [])]
+    return [f"caption: {r['caption']}", f"logprob: {r['logprob']:.4f}  (prob {r['prob']:.4g})"] + \
+        [f"image: {p}" for p in r.get("paths", [])]
 
 
 register_inference("image_gen", InferenceSpec(_row, _predict, _lines,
-                                              text=lambda r: f"image for '{r['caption']}' ({r['score']:.3f})",
+                                              text=lambda r: f"image for '{r['caption']}' (logprob {r['logprob']:.2f})",
                                               aliases=("text_to_image", "generation"), needs_image=False))

@@ -9,7 +9,12 @@ and ``score`` (per-sample metric values); the base class turns these into valida
 Data: ``data`` is a comma-separated list of files. As in the official code, training epoch ``e`` reads
 ``files[(e - 1) % (n - 1)]`` (pre-shuffled copies rotate) and every other split reads the last file;
 a single file serves all splits. Each distributed rank reads its own equal-sized slice, so batches
-never run out on one rank before the others (no empty batches).
+never run out on one rank before the others.
+
+Bad rows (``--bad-rows skip``): a dataset returns ``None`` for a bad row and records it once
+(``data_utils/bad_rows.py``); the batch iterator here brings what loader workers found back to the main
+process and gives fairseq a real row as its dummy batch even when the first batch is all bad. A batch
+left empty is dropped, or run with zero weight where other ranks have rows, by ``ofa/cli/empty_batches.py``.
 """
 
 import logging
@@ -136,11 +141,6 @@ class OFATask(FairseqTask):
         self.datasets[split] = self.dataset_cls(reader, self.tokenizer, self.data_config(), split)
         logger.info(f"{split}: {path}, {len(reader)} rows on this rank of {reader.total}")
 
-    def begin_epoch(self, epoch, model):
-        for split, ds in self.datasets.items():
-            if getattr(ds, "skipped", 0):
-                logger.warning(f"{split}: {ds.skipped} bad rows skipped so far (--bad-rows skip)")
-
     def has_sharded_data(self, split):
         # reload every epoch: the file rotates and the reader reshuffles
         return split == "train" and bool(self.cfg.data) and len(self.cfg.data.split(",")) > 2
@@ -154,9 +154,9 @@ class OFATask(FairseqTask):
         bsz = max_sentences or 8
         n = len(dataset)
         batches = [np.arange(i, min(i + bsz, n)) for i in range(0, n, bsz)]
-        return iterators.EpochBatchIterator(
-            dataset=dataset, collate_fn=dataset.collater, batch_sampler=batches, seed=seed, num_shards=1,
-            shard_id=0, num_workers=num_workers, epoch=epoch, buffer_size=data_buffer_size,
+        return SkippedRowsBatchIterator(
+            dataset=dataset, collate_fn=CollateWithSkippedRows(dataset), batch_sampler=batches, seed=seed,
+            num_shards=1, shard_id=0, num_workers=num_workers, epoch=epoch, buffer_size=data_buffer_size,
             skip_remainder_batch=skip_remainder_batch,
         )
 
@@ -255,3 +255,84 @@ def data_parallel_rank_and_size():
 
 def mean(values: List[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+# ---------------------------------------------------------------------------------------- --bad-rows skip
+def is_empty_batch(sample) -> bool:
+    """True for a batch without a row: every row of it was bad and skipped (``{}``, or a list of such)."""
+    if isinstance(sample, (list, tuple)):
+        return all(is_empty_batch(s) for s in sample)
+    return not sample
+
+
+def first_good_batch(dataset):
+    """A one-row batch of the first row of this rank's slice that builds (``{}`` when none does): what a
+    rank trains on with zero weight when its own batch is empty (fairseq's dummy batch)."""
+    for i in range(len(dataset)):
+        example = dataset[i]
+        if example is not None:
+            return dataset.collater([example])
+    return {}
+
+
+class CollateWithSkippedRows:
+    """``dataset.collater``, sending along the bad rows found since the last batch: in a DataLoader
+    worker they are found in the worker's copy of the dataset, and only the batch comes back."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __call__(self, samples):
+        batch = self.dataset.collater(samples)
+        log = getattr(self.dataset, "skipped_rows", None)
+        return batch, (log.take_fresh() if log is not None else [])
+
+
+class _Receiving:
+    """Batches from ``CollateWithSkippedRows``: the bad rows go into the main process' dataset."""
+
+    def __init__(self, iterable, dataset):
+        self._itr, self.dataset = iterable, dataset
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch, fresh = next(self._itr)
+        if fresh:
+            self.dataset.skipped_rows.merge(fresh)
+        return batch
+
+    def take(self, n):  # fairseq's CountingIterator passes truncation down (BufferedIterator)
+        if hasattr(self._itr, "take"):
+            self._itr.take(n)
+        return self
+
+
+class SkippedRowsBatchIterator(iterators.EpochBatchIterator):
+    """fairseq's ``EpochBatchIterator`` over ``CollateWithSkippedRows`` batches. Each batch's bad rows are
+    recorded in the main process' dataset (``dataset.skipped`` is right with ``--num-workers`` > 0), and
+    ``first_batch`` (fairseq's dummy batch, what a rank with an empty batch runs with zero weight) is a
+    real row even when every row of the first batch is bad."""
+
+    @property
+    def first_batch(self):
+        first = super().first_batch
+        if isinstance(first, str):  # fairseq's "DUMMY"
+            return first
+        batch, fresh = first
+        log = getattr(self.dataset, "skipped_rows", None)
+        if log is not None:
+            log.merge(fresh)
+        if is_empty_batch(batch):
+            batch = first_good_batch(self.dataset)
+            if log is not None:
+                log.take_fresh()  # read here, in the main process: already known
+        return batch
+
+    def _get_iterator_for_epoch(self, epoch, shuffle, fix_batches_to_gpus=False, offset=0):
+        itr = super()._get_iterator_for_epoch(epoch, shuffle, fix_batches_to_gpus=fix_batches_to_gpus,
+                                              offset=offset)
+        if itr is not None:
+            itr._itr = _Receiving(itr._itr, self.dataset)
+        return itr

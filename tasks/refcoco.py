@@ -4,9 +4,10 @@ The target is four ``<bin_i>`` tokens ``x0 y0 x1 y1``; decoding is restricted to
 (``constraint_range`` over the bins, min and max length 4) and the bins are mapped back to
 original-image pixels with the resize ratios. The metric is Acc@0.5 with the official IoU rule.
 
-One-image inference: ``{"box": [x0, y0, x1, y1] (original-image pixels, clamped to the image), "score"
-(the best hypothesis' length-normalised log-probability), "bins"}``; ``--draw`` draws the box tagged
-with the expression and the score.
+Inference (``ofa.inference_model``; a batch is one beam search): ``{"box": [x0, y0, x1, y1] (original-image
+pixels, clamped to the image), "bins", "logprob" (the four bin tokens' and EOS's summed log-probabilities),
+"prob" (its exp), "score" (the length-normalised log-probability beam search ranks by)}``; ``--draw``
+draws the box tagged with the expression and the log-probability.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
@@ -17,7 +18,7 @@ from fairseq.tasks import register_task
 from ofa.data_utils.boxes import bins_to_box, grounding_hits
 from ofa.data_utils.datasets import RefcocoDataset
 from ofa.draw import draw_box
-from ofa.inference import InferenceSpec, generate_one, need_text, register_inference
+from ofa.inference import InferenceSpec, generate_batch, hypothesis_scores, need_text, register_inference
 from ofa.tasks.ofa_task import OFATask, OFATaskConfig
 
 
@@ -57,32 +58,35 @@ class RefcocoTask(OFATask):
         return [{"uniq_id": uid, "box": [round(v, 2) for v in box]} for uid, box in zip(sample["uniq_ids"], predictions)]
 
 
-# ---------------------------------------------------------------------------------------- one-image inference
+# ---------------------------------------------------------------------------------------- inference
 def _row(image, size, text, premise):
     w, h = size
     return {"uniq_id": "0", "image": image, "text": need_text("refcoco", text, "the referring expression"),
             "region_coord": f"0,0,{w},{h}"}
 
 
-def _predict(task_name, task, model, sample, size, gen_over) -> Dict[str, Any]:
-    box, best = generate_one(task, model, sample, gen_over)
-    w, h = size
-    bins = (best["tokens"][:4] - task.vocab.bin_start).clamp(0, task.vocab.num_bins - 1)
-    x0, y0, x1, y1 = (float(v) for v in box)
-    box = [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
-    return {"box": [round(v, 2) for v in box], "score": float(best["score"]), "bins": [int(b) for b in bins]}
+def _predict(task_name, task, model, sample, sizes, gen_over) -> List[Dict[str, Any]]:
+    boxes, best = generate_batch(task, model, sample, gen_over)
+    results = []
+    for box, hyp, (w, h) in zip(boxes, best, sizes):
+        bins = (hyp["tokens"][:4] - task.vocab.bin_start).clamp(0, task.vocab.num_bins - 1)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        box = [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
+        results.append({"box": [round(v, 2) for v in box], "bins": [int(b) for b in bins], **hypothesis_scores(hyp)})
+    return results
 
 
 def _lines(r: Dict[str, Any]) -> List[str]:
-    return ["box: " + " ".join(f"{v:.1f}" for v in r["box"]) + "  (x0 y0 x1 y1, pixels)", f"score: {r['score']:.4f}"]
+    return ["box: " + " ".join(f"{v:.1f}" for v in r["box"]) + "  (x0 y0 x1 y1, pixels)",
+            f"logprob: {r['logprob']:.4f}  (prob {r['prob']:.4g})"]
 
 
 def _text(r: Dict[str, Any]) -> str:
-    return "box " + ", ".join(f"{v:.1f}" for v in r["box"]) + f" ({r['score']:.3f})"
+    return "box " + ", ".join(f"{v:.1f}" for v in r["box"]) + f" (logprob {r['logprob']:.2f})"
 
 
 def _draw(img, r: Dict[str, Any], label) -> None:
-    draw_box(img, r["box"], f"{label} ({r['score']:.2f})" if label else f"{r['score']:.2f}")
+    draw_box(img, r["box"], f"{label} ({r['logprob']:.2f})" if label else f"{r['logprob']:.2f}")
 
 
 register_inference("refcoco", InferenceSpec(_row, _predict, _lines, _text, _draw,

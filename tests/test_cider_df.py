@@ -35,7 +35,7 @@ def test_the_pickle_holds_the_frequencies_the_reward_would_build(tmp_path, capsy
 def test_a_short_row_is_named_and_nothing_is_written(tmp_path):
     (tmp_path / "bad.tsv").write_text(STAGE1 + "3\t9\n")
     out = tmp_path / "words.p"
-    with pytest.raises(DataError, match=r"bad.tsv, row 3, field 'columns'"):
+    with pytest.raises(DataError, match=r"bad.tsv, line 4, field 'columns'"):
         references_by_image([tmp_path / "bad.tsv"])
-    assert main(["cider-df", str(tmp_path / "bad.tsv"), "--out", str(out)]) == 1
+    assert main(["cider-df", str(tmp_path / "bad.tsv"), "--out", str(out)]) == 2
     assert not out.exists()

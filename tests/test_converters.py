@@ -13,6 +13,7 @@ import pickle
 import pytest
 from PIL import Image
 
+from ofa.data_utils.cli import main as ofa_data
 from ofa.data_utils.converters import CONVERTERS, main
 from ofa.data_utils.converters.safe_pickle import safe_load
 from ofa.data_utils.errors import DataError
@@ -379,8 +380,9 @@ def test_vqa_cli_missing_image_fails_naming_question_and_skip_bad_counts_skips(v
     out = str(tmp_path / "vqa.tsv")
     argv = ["vqa", "--out", out, "--questions", vqa["questions"], "--annotations", vqa["annotations"],
             "--images", vqa["images"]]
-    assert main(argv) == 1
+    assert ofa_data(["convert"] + argv) == 2
     err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("ofa-data: error: ")
     assert "question 420 (image 42)" in err and "COCO_val2014_000000000042.jpg" in err and "is missing" in err
     assert not os.path.exists(out)
     assert main(argv + ["--skip-bad"]) == 0
@@ -486,7 +488,8 @@ def test_snli_ve_missing_image_raises_dataerror_naming_pair_and_skip_bad_skips_i
     out = str(tmp_path / "o.tsv")
     with pytest.raises(DataError) as e:
         CONVERTERS["snli_ve"](out, snli["jsonl"], snli["images"])
-    assert "pair 10002456.jpg#2r1n (image 10002456)" in str(e.value) and e.value.row == 2
+    assert "pair 10002456.jpg#2r1n (image 10002456)" in str(e.value) and e.value.row == 2 and e.value.line == 3
+    assert str(e.value).startswith(f"{snli['jsonl']}, line 3, field 'image': ")
     n = CONVERTERS["snli_ve"](out, snli["jsonl"], snli["images"], skip_bad=True)
     assert n == 2 and n.skipped_rows == 1
     assert [r["uniq_id"] for r in read_rows(out, "snli_ve")] == ["1000092795.jpg#0r1e", "1000092795.jpg#0r1c"]
@@ -500,9 +503,9 @@ def test_snli_ve_unknown_label_and_bad_json_line_raise_dataerror_naming_the_line
     assert e.value.row == 0 and e.value.field == "gold_label"
     broken = tmp_path / "broken.jsonl"
     broken.write_text(open(snli["jsonl"]).read() + "{not json\n")
-    with pytest.raises(DataError, match="line 4 is not valid JSON") as e:
+    with pytest.raises(DataError, match="broken.jsonl, line 4: not valid JSON") as e:
         CONVERTERS["snli_ve"](str(tmp_path / "o.tsv"), str(broken), snli["images"])
-    assert e.value.path == str(broken) and e.value.row == 3
+    assert e.value.path == str(broken) and e.value.row == 3 and e.value.line == 4
 
 
 # ----------------------------------------------------------------------------------------------- common / CLI
@@ -527,9 +530,11 @@ def test_cli_each_source_writes_rows_and_prints_the_count(coco, refcoco, vqa, tr
             assert sum(1 for _ in f) == rows
 
 
-def test_cli_rejects_unknown_source_kind():
-    with pytest.raises(SystemExit):
-        main(["nonsense", "--out", "x.tsv"])
+def test_cli_rejects_unknown_source_kind(capsys):
+    with pytest.raises(DataError, match="unknown source kind 'vqa2'; did you mean vqa"):
+        main(["vqa2", "--out", "x.tsv"])
+    assert ofa_data(["convert", "nonsense", "--out", "x.tsv"]) == 2
+    assert capsys.readouterr().err.startswith("ofa-data: error: unknown source kind 'nonsense'; choose one of ")
 
 
 def test_image_names_climbing_out_of_the_image_folder_are_refused(coco, tmp_path):

@@ -62,7 +62,7 @@ def test_wrong_column_count_names_file_and_row(tmp_path):
     with open(path, "a") as f:
         f.write("9\t9\tonly three\n")
     reader = TSVReader(path, "caption")
-    with pytest.raises(DataError, match=r"caption.tsv, row 3: expected 5 columns"):
+    with pytest.raises(DataError, match=r"caption.tsv, line 4: expected 5 columns"):
         reader.read_fields(3)
 
 
@@ -99,6 +99,6 @@ def test_bad_base64_fails_the_hdf5_conversion_with_its_row(tmp_path):
     rows = caption_rows(3)
     rows[2]["image"] = "not base64 at all!!"
     src = write(tmp_path, "caption", rows)
-    with pytest.raises(DataError, match=r"row 2, field 'image'"):
+    with pytest.raises(DataError, match=r"caption.tsv, line 3, field 'image'"):
         tsv_to_hdf5(src, str(tmp_path / "bad.h5"), "caption")
     assert not (tmp_path / "bad.h5").exists()

@@ -79,7 +79,7 @@ def test_cli_exits_nonzero_and_names_file_row_and_field(tmp_path, capsys):
     path = write(tmp_path, "caption", rows)
     assert ofa_data(["validate", path, "--task", "caption"]) == 1
     err = capsys.readouterr().err
-    assert f"{path}, row 1, field 'image'" in err
+    assert f"{path}, line 2, field 'image'" in err
 
 
 def test_image_gen_codes_must_be_integers_filling_a_square_grid(tmp_path):

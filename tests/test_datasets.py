@@ -89,7 +89,7 @@ def test_bad_row_fails_with_its_location_by_default_and_is_skipped_on_request(tm
     rows = refcoco_rows(3)
     rows[1]["region_coord"] = "10,5,90,20"
     ds = dataset(tmp_path, "refcoco", tok, rows)
-    with pytest.raises(DataError, match=r"refcoco.tsv, row 1, field 'region_coord'"):
+    with pytest.raises(DataError, match=r"refcoco.tsv, line 2, field 'region_coord'"):
         ds[1]
     skipping = dataset(tmp_path, "refcoco", tok, rows, bad_rows="skip")
     batch = skipping.collater([skipping[i] for i in range(3)])

@@ -11,7 +11,7 @@ import torch
 from test_tasks_e2e import bench, train_args  # noqa: F401  (fixture reuse)
 
 from ofa.checkpoint import safe_load
-from ofa.cli.train import main as train_main
+from ofa.cli.train import train as train_main
 
 
 def weights(path):
@@ -65,7 +65,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(bench, tmp_path):
 def test_two_process_evaluation_equals_one_process(bench, tmp_path):
     import json
 
-    from ofa.cli.evaluate import main as evaluate_main
+    from ofa.cli.evaluate import evaluate_command as evaluate_main
 
     save = tmp_path / "ckpt"
     train_main(common(bench, save, 2, 4))

@@ -114,7 +114,7 @@ def test_bad_row_names_file_row_and_field(env, tmp_path, code, message):
     with pytest.raises(DataError) as e:
         ds[1]
     text = str(e.value)
-    assert str(path) in text and "row 1" in text and "field 'code'" in text and message in text
+    assert str(path) in text and "line 2" in text and "field 'code'" in text and message in text
 
 
 def test_training_steps_reduce_loss(env):
@@ -186,7 +186,7 @@ def test_topk1_sampling_is_deterministic_and_greedy(env):
 
 @pytest.fixture(scope="module")
 def checkpoint(env, tmp_path_factory):
-    from ofa.cli.train import main as train_main
+    from ofa.cli.train import train as train_main
 
     out, _ = env
     ckpt = tmp_path_factory.mktemp("ckpt")
@@ -228,7 +228,7 @@ def test_inference_model_returns_images_and_score(env, checkpoint):
 
 
 def test_evaluate_writes_images_that_the_benchmark_checker_scores(env, checkpoint, tmp_path):
-    from ofa.cli.evaluate import main as evaluate_main
+    from ofa.cli.evaluate import evaluate_command as evaluate_main
     from ofa_synth.image_gen import SceneChecker, check_generated, checker_scores, load_checker, save_checker
     from ofa_synth.vocab import COLOR_NAMES, SHAPES
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import string
 
@@ -20,6 +21,7 @@ from PIL import Image
 import ofa
 import ofa.inference as inf
 from ofa.cli import predict
+from ofa.errors import ConfigError
 from ofa.tasks.closed_set import closed_set_inference
 
 IMAGE_W, IMAGE_H = 100, 72
@@ -69,15 +71,23 @@ def bench(tmp_path_factory):
     inf.CACHE_SIZE = saved_cache_size
 
 
+def _check_logprob(result):
+    """``logprob`` is a log-probability and ``prob`` its exp, whatever the task."""
+    assert isinstance(result["logprob"], float) and isinstance(result["prob"], float)
+    assert result["logprob"] <= 0.0 and 0.0 < result["prob"] <= 1.0
+    assert result["prob"] == pytest.approx(math.exp(result["logprob"]), rel=1e-12)
+
+
 def _check_closed_set(result, key, candidates):
     assert isinstance(result[key], str) and result[key] in candidates
-    assert isinstance(result["score"], float) and 0.0 <= result["score"] <= 1.0
+    _check_logprob(result)
+    assert result["score"] == result["prob"]  # kept for compatibility: the probability for closed-set tasks
     top = result["top"]
     assert len(top) == min(5, len(candidates))
     assert all(isinstance(a, str) and a in candidates and isinstance(p, float) for a, p in top)
     probs = [p for _, p in top]
     assert probs == sorted(probs, reverse=True)
-    assert top[0] == (result[key], result["score"])
+    assert top[0] == (result[key], result["prob"])
     assert sum(probs) <= 1.0 + 1e-5
     assert result["image_size"] == [IMAGE_W, IMAGE_H]
 
@@ -85,9 +95,11 @@ def _check_closed_set(result, key, candidates):
 # ------------------------------------------------------------------------------------------- API
 def test_grounding_box_is_mapped_back_to_original_image_pixels(bench):
     r = inf.inference_model(bench["ckpt"]["refcoco"], bench["image"], text="the large green square")
-    assert set(r) == {"task", "box", "score", "bins", "image_size"}
+    assert set(r) == {"task", "box", "bins", "logprob", "prob", "score", "image_size"}
     assert r["task"] == "refcoco" and r["image_size"] == [IMAGE_W, IMAGE_H]
-    assert isinstance(r["score"], float) and r["score"] <= 0.0
+    _check_logprob(r)
+    # the four bins and EOS: the sum of five token log-probabilities, the generator's score is their mean
+    assert r["score"] == pytest.approx(r["logprob"] / 5, abs=1e-5)
     x0, y0, x1, y1 = r["box"]
     assert all(isinstance(v, float) for v in r["box"])
     assert 0.0 <= x0 <= IMAGE_W and 0.0 <= x1 <= IMAGE_W and 0.0 <= y0 <= IMAGE_H and 0.0 <= y1 <= IMAGE_H
@@ -99,12 +111,13 @@ def test_grounding_box_is_mapped_back_to_original_image_pixels(bench):
     assert r["box"] == pytest.approx(expected, abs=0.01)
 
 
-def test_caption_is_punctuation_free_text_with_length_normalised_logprob(bench):
+def test_caption_is_punctuation_free_text_with_summed_logprob(bench):
     r = inf.inference_model(bench["ckpt"]["refcoco"], bench["image"], task="caption")
-    assert set(r) == {"task", "caption", "score", "image_size"}
+    assert set(r) == {"task", "caption", "logprob", "prob", "score", "image_size"}
     assert r["task"] == "caption" and isinstance(r["caption"], str)
     assert not any(c in string.punctuation for c in r["caption"])
-    assert isinstance(r["score"], float) and r["score"] <= 0.0
+    _check_logprob(r)
+    assert r["logprob"] <= r["score"] <= 0.0  # score: the same log-probability divided by the length
 
 
 def test_generation_overrides_reach_the_beam_search(bench):
@@ -115,7 +128,7 @@ def test_generation_overrides_reach_the_beam_search(bench):
 def test_vqa_gives_softmax_over_answer_file_with_sorted_top5(bench):
     r = inf.inference_model(bench["ckpt"]["vqa_gen"], bench["image"], text="what colour is the square?")
     assert r["task"] == "vqa_gen"  # the checkpoint's own task by default
-    assert set(r) == {"task", "answer", "score", "top", "image_size"}
+    assert set(r) == {"task", "answer", "logprob", "prob", "score", "top", "image_size"}
     _check_closed_set(r, "answer", bench["vqa_answers"])
 
 
@@ -134,7 +147,7 @@ def test_entailment_scores_yes_no_maybe_and_uses_the_premise_when_given(bench):
 def test_classification_returns_a_label_from_the_class_names(bench):
     r = inf.inference_model(bench["ckpt"]["image_classify"], bench["image"])
     assert r["task"] == "image_classify" and "answer" not in r
-    assert set(r) == {"task", "label", "score", "top", "image_size"}
+    assert set(r) == {"task", "label", "logprob", "prob", "score", "top", "image_size"}
     _check_closed_set(r, "label", bench["class_names"])
 
 
@@ -180,10 +193,17 @@ def test_alias_call_gives_the_same_prediction_as_the_registered_name(bench):
 
 
 def test_unknown_task_error_lists_the_valid_names(bench):
-    with pytest.raises(ValueError) as e:
-        inf.inference_model(bench["ckpt"]["refcoco"], bench["image"], task="segmentation")
+    with pytest.raises(ConfigError) as e:
+        inf.inference_model(bench["ckpt"]["refcoco"], bench["image"], task="ocr")
     for name in ("caption", "refcoco", "grounding", "vqa", "snli_ve", "classify", "image_classify"):
         assert name in str(e.value)
+
+
+def test_a_misspelt_task_gets_the_near_names():
+    with pytest.raises(ConfigError, match=r"unknown task 'captoin'; did you mean caption or captioning"):
+        inf.canonical_task("captoin")
+    with pytest.raises(ConfigError, match=r"task 'gigaword' has no inference"):  # a text task of OFA
+        inf.canonical_task("gigaword")
 
 
 def test_grounding_without_text_is_an_error(bench):
@@ -249,7 +269,7 @@ def test_checkpoint_rewritten_in_place_is_reloaded(bench, counted_loads):
 
 
 def test_inference_model_is_exported_from_the_package():
-    assert ofa.inference_model is inf.inference_model
+    assert ofa.inference_model is inf.inference_model and "inference_model" in ofa.__all__
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -287,16 +307,18 @@ def test_cli_json_output_is_parseable(bench, capsys):
 
 def test_cli_unknown_task_exits_nonzero_listing_valid_names(bench, capsys):
     rc = predict.main(["--checkpoint", bench["ckpt"]["refcoco"], "--image", bench["image"], "--task", "ocr"])
-    assert rc == 1
+    assert rc == 2
     err = capsys.readouterr().err
-    assert "unknown task 'ocr'" in err and "grounding" in err
+    assert err.startswith("ofa-predict: error: unknown task 'ocr'") and "grounding" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_draw_result_keeps_degenerate_boxes_visible():
     image = Image.new("RGB", (80, 50), (255, 255, 255))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    result = {"task": "refcoco", "box": [40.0, 25.0, 40.0, 25.0], "score": -1.0, "image_size": [80, 50]}
+    result = {"task": "refcoco", "box": [40.0, 25.0, 40.0, 25.0], "logprob": -1.0, "prob": 0.37, "score": -0.2,
+              "image_size": [80, 50]}
     drawn = inf.draw_result(buf.getvalue(), result, label="dot")
     assert drawn.size == (80, 50)
     assert drawn.getpixel((40, 25)) != (255, 255, 255) or drawn.getpixel((41, 26)) != (255, 255, 255)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ofa.cli.evaluate import main as evaluate_main
-from ofa.cli.train import main as train_main
+from ofa.cli.evaluate import evaluate_command as evaluate_main
+from ofa.cli.train import train as train_main
 
 TASKS = {
     "caption": (["--eval-max-len-b", "6", "--eval-no-repeat-ngram-size", "3"], "cider"),

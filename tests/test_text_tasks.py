@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from ofa.cli.evaluate import main as evaluate_main
-from ofa.cli.train import main as train_main
+from ofa.cli.evaluate import evaluate_command as evaluate_main
+from ofa.cli.train import train as train_main
 from ofa.data_utils.datasets import DataConfig
 from ofa.data_utils.readers import open_reader
 from ofa.data_utils.text_datasets import (GLUE, GLUE_DATASETS, SummaryDataset, TextDataConfig, TextInfillingDataset,

@@ -252,7 +252,7 @@ def test_synth_pretrain_without_vqgan_writes_no_codes(tmp_path):
 
 
 def test_pretraining_steps(src, tmp_path, caplog):
-    from ofa.cli.train import main as train_main
+    from ofa.cli.train import train as train_main
 
     caplog.set_level(logging.INFO)
     out, _ = src

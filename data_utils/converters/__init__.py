@@ -7,14 +7,17 @@ is the ``ofa-data convert SOURCE_KIND --out OUT.tsv ...`` command line.
 Common behaviour: images are base64 of the original file bytes (never re-encoded) and must decode (unless
 ``--no-verify-images``); a missing or corrupt image raises ``DataError`` naming the source file, the record and
 the image path, or with ``--skip-bad`` drops the record and is counted. Tabs and line breaks in text become
-spaces. Every bad input raises ``DataError`` naming the file, row/record and field.
+spaces. Every bad input raises ``DataError`` naming the file, the record (``row N``, 1-based, of a JSON list;
+``line N`` of a JSONL file) and the field, before the output file exists (it is written atomically).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from typing import Callable, Dict, List, Optional
 
+from ofa.data_utils.cli import ArgumentParser
 from ofa.data_utils.errors import DataError
 from ofa.data_utils.converters import coco_caption, image_folder, refcoco, snli_ve, vqa
 from ofa.data_utils.converters._common import ConvertResult, add_common_arguments
@@ -26,7 +29,7 @@ __all__ = ["CONVERTERS", "ConvertResult", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ofa-data convert",
         description="Write an official-format OFA TSV file from a source dataset layout.")
     sub = parser.add_subparsers(dest="source", metavar="SOURCE_KIND", required=True)
@@ -39,16 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``ofa-data convert SOURCE_KIND --out OUT.tsv [source-specific args]``; returns the exit status."""
+    """``ofa-data convert SOURCE_KIND --out OUT.tsv [source-specific args]``; returns the exit status.
+
+    Bad input raises ``DataError`` naming the file, the record and the field (``ofa-data`` prints it as one
+    line and exits with 2); the output file is written atomically, so nothing of it exists then.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["convert"]:  # tolerate being handed the sub-command word itself
         argv = argv[1:]
+    if argv and not argv[0].startswith("-") and argv[0] not in _MODULES:
+        near = difflib.get_close_matches(argv[0], list(_MODULES), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(near)}?" if near else f"choose one of {', '.join(_MODULES)}"
+        raise DataError(f"unknown source kind {argv[0]!r}; {hint}")
     args = build_parser().parse_args(argv)
-    try:
-        result = _MODULES[args.source].run(args)
-    except DataError as e:
-        print(f"ofa-data convert: error: {e}", file=sys.stderr)
-        return 1
+    result = _MODULES[args.source].run(args)
     print(f"wrote {int(result)} rows to {result.out}")
     for path in getattr(result, "extra_files", ()):
         print(f"wrote {path}")

@@ -11,6 +11,7 @@ import json
 from ofa.data_utils.converters._common import ConvertResult, ImageReader, clean_text, require
 from ofa.data_utils.errors import DataError
 from ofa.data_utils.formats import get_schema
+from ofa.data_utils.readers import decode_text
 from ofa.data_utils.tsv_writer import write_tsv
 
 NAME = "snli_ve"
@@ -20,7 +21,7 @@ LABELS = ("entailment", "neutral", "contradiction")
 
 def _records(path: str):
     try:
-        f = open(path, "r", encoding="utf-8")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError("SNLI-VE JSONL file does not exist", path) from None
     except OSError as e:
@@ -30,43 +31,51 @@ def _records(path: str):
             if not line.strip():
                 continue
             try:
-                yield i, json.loads(line)
+                yield i, json.loads(decode_text(line, path, i, line=i + 1))
             except json.JSONDecodeError as e:
-                raise DataError(f"line {i + 1} is not valid JSON ({e})", path, i) from None
+                raise DataError(f"not valid JSON ({e})", path, i, line=i + 1) from None
 
 
 def convert(out: str, jsonl: str, images: str, image_pattern: str = "{image_id}.jpg", skip_bad: bool = False,
             verify_images: bool = True) -> ConvertResult:
     """Write the SNLI-VE TSV; returns the number of rows written (with skip counts attached).
 
-    Row numbers in errors are 0-based line numbers of the JSONL file.
+    Errors name the 1-based line of the JSONL file (``DataError.line``; ``row`` is that line's 0-based index).
     """
     reader = ImageReader(images, skip_bad=skip_bad, verify=verify_images)
+    seen = set()
+
+    def row(i, rec):
+        pair_id = clean_text(require(rec, "pairID", jsonl, i))
+        image_id = clean_text(require(rec, "Flickr30k_ID", jsonl, i))
+        premise = clean_text(require(rec, "sentence1", jsonl, i))
+        hypothesis = clean_text(require(rec, "sentence2", jsonl, i))
+        label = clean_text(require(rec, "gold_label", jsonl, i))
+        if label not in LABELS:
+            raise DataError(f"pair {pair_id}: gold_label {label!r} is not one of {list(LABELS)}",
+                            jsonl, i, "gold_label")
+        if pair_id in seen:
+            raise DataError(f"pairID {pair_id!r} appears twice", jsonl, i, "pairID")
+        seen.add(pair_id)
+        try:
+            name = image_pattern.format(image_id=image_id)
+        except (KeyError, IndexError, ValueError) as e:
+            raise DataError(f"image pattern {image_pattern!r} does not format ({e}); the field is {{image_id}}",
+                            jsonl, i, "Flickr30k_ID") from None
+        b64 = reader.load(reader.path(name, jsonl, i), f"pair {pair_id} (image {image_id})", jsonl, i)
+        if b64 is None:
+            return None
+        return {"uniq_id": pair_id, "image_id": image_id, "image": b64, "hypothesis": hypothesis,
+                "caption": premise, "label": label}
 
     def rows():
-        seen = set()
         for i, rec in _records(jsonl):
-            pair_id = clean_text(require(rec, "pairID", jsonl, i))
-            image_id = clean_text(require(rec, "Flickr30k_ID", jsonl, i))
-            premise = clean_text(require(rec, "sentence1", jsonl, i))
-            hypothesis = clean_text(require(rec, "sentence2", jsonl, i))
-            label = clean_text(require(rec, "gold_label", jsonl, i))
-            if label not in LABELS:
-                raise DataError(f"pair {pair_id}: gold_label {label!r} is not one of {list(LABELS)}",
-                                jsonl, i, "gold_label")
-            if pair_id in seen:
-                raise DataError(f"pairID {pair_id!r} appears twice", jsonl, i, "pairID")
-            seen.add(pair_id)
             try:
-                name = image_pattern.format(image_id=image_id)
-            except (KeyError, IndexError, ValueError) as e:
-                raise DataError(f"image pattern {image_pattern!r} does not format ({e}); the field is {{image_id}}",
-                                jsonl, i, "Flickr30k_ID") from None
-            b64 = reader.load(reader.path(name, jsonl, i), f"pair {pair_id} (image {image_id})", jsonl, i)
-            if b64 is None:
-                continue
-            yield {"uniq_id": pair_id, "image_id": image_id, "image": b64, "hypothesis": hypothesis,
-                   "caption": premise, "label": label}
+                record = row(i, rec)
+            except DataError as e:
+                raise (e.at(line=i + 1) if e.path == jsonl else e) from None
+            if record is not None:
+                yield record
 
     return reader.result(write_tsv(out, get_schema("snli_ve"), rows()), out)
 

@@ -1,13 +1,42 @@
-"""Shared setup of the command-line tools: plugin registration, safe unpickling, atomic copies."""
+"""Shared setup of the command-line tools: task names, plugin registration, safe unpickling, atomic copies
+(``run_cli``, the one-line errors and quiet logging of every command, lives in ``ofa.console``)."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
+from ofa.console import one_line, quiet, run_cli  # noqa: F401  (the commands' error and logging conventions)
 from ofa.io_utils import atomic_output
+
+
+def ofa_task_names() -> List[str]:
+    """The registered fairseq tasks that are OFA tasks (``ofa.tasks`` and ``--user-dir`` plugins built on
+    ``OFATask``)."""
+    from fairseq.tasks import TASK_REGISTRY
+
+    from ofa.tasks.ofa_task import OFATask
+
+    return sorted(name for name, cls in TASK_REGISTRY.items() if isinstance(cls, type) and issubclass(cls, OFATask))
+
+
+def check_task(name: str, option: str = "--task") -> str:
+    """``name`` when it is a registered fairseq task, else a ``ConfigError`` suggesting the near OFA tasks."""
+    import difflib
+
+    from fairseq.tasks import TASK_REGISTRY
+
+    from ofa.errors import ConfigError
+
+    if name in TASK_REGISTRY:
+        return name
+    ours = ofa_task_names()
+    near = difflib.get_close_matches(name, ours, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(near)}?" if near else f"OFA's tasks: {', '.join(ours)}"
+    raise ConfigError(f"{option}: unknown task {name!r}; {hint}")
 
 
 def setup() -> None:
@@ -17,8 +46,6 @@ def setup() -> None:
     fairseq-written checkpoints hold ``argparse.Namespace`` configs and numpy scalars, which are
     allowlisted here. Nothing else is: arbitrary pickled objects are still refused.
     """
-    import logging
-
     import ofa  # noqa: F401  (registers models, tasks and criteria)
 
     logging.getLogger("PIL").setLevel(logging.INFO)  # PIL logs every PNG chunk at DEBUG
@@ -28,6 +55,9 @@ def setup() -> None:
     _make_checkpoint_copies_atomic()
     _ema_copies_integer_buffers()
     _progress_log_file_once()
+    from ofa.cli.empty_batches import install as install_empty_batch_handling
+
+    install_empty_batch_handling()
 
 
 def import_user_dir(user_dir: Optional[str]) -> None:

@@ -5,13 +5,22 @@ field names, so an official checkpoint's ``cfg["model"]`` Namespace maps onto it
 ``ARCHS`` is the size table (``models/ofa/ofa.py``, ``ofa_*_architecture``); ``RELEASED_FLAGS``
 are the switches every released checkpoint was trained with
 (``--add-type-embedding --scale-attn --scale-fc --scale-heads --disable-entangle``).
+``MODEL_LIMITS`` is every field's type and sane range; ``check_model_config`` applies it (and the rules
+between fields) to values from a checkpoint, an export's JSON or a command line before anything is built,
+and every ``OFAModelConfig`` checks itself when constructed.
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from fairseq.dataclass import FairseqDataclass
+
+from ofa.config_checks import Limit, check_values
+from ofa.errors import ConfigError
+from ofa.model.positions import TOKEN_MAX_POSITION
+from ofa.model.resnet import RESNET_LAYERS
 
 
 @dataclass
@@ -79,6 +88,9 @@ class OFAModelConfig(FairseqDataclass):
                   "128 a larger value lets attention leave its uniform start sooner (ofa.model.init)"},
     )
 
+    def __post_init__(self):
+        check_model_config({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
     @classmethod
     def from_any(cls, source: Any, **overrides) -> "OFAModelConfig":
         """Build from a Namespace, dict, DictConfig or dataclass, ignoring unknown keys."""
@@ -95,6 +107,92 @@ class OFAModelConfig(FairseqDataclass):
         # the official ``entangle_position_embedding`` quirk: bool flags may be stored as None
         kept.update(overrides)
         return cls(**kept)
+
+
+# Type and inclusive range of every field (a test keeps this table complete). Generous bounds that still
+# stop absurd values before they allocate: an FFN or position table of 10**9 rows asked for 128 GB.
+_DIM = Limit(int, 1, 65536)  # widths; embedding widths must also be divisible by the head count
+_LAYERS = Limit(int, 1, 256)
+_HEADS = Limit(int, 1, 1024)
+# the text relative-position tables are built for TOKEN_MAX_POSITION (1024) positions, so longer
+# sequences could not be attended to whatever the absolute table holds
+_POSITIONS = Limit(int, 1, TOKEN_MAX_POSITION)
+_RATE = Limit(float, 0, 1)
+_FLAG = Limit(bool)
+MAX_IMAGE_BUCKET = 64  # the image relative-position table is (S*S + 1)**2 int64: 134 MB at 64, 25 MB at 42
+MODEL_LIMITS: Dict[str, Limit] = {
+    "encoder_embed_dim": _DIM, "decoder_embed_dim": _DIM,
+    "encoder_ffn_embed_dim": _DIM, "decoder_ffn_embed_dim": _DIM,
+    "encoder_layers": _LAYERS, "decoder_layers": _LAYERS,
+    "encoder_attention_heads": _HEADS, "decoder_attention_heads": _HEADS,
+    "resnet_type": Limit(str),  # one of RESNET_LAYERS or timm:<name>[@<stride>] (``check_model_config``)
+    "max_source_positions": _POSITIONS, "max_target_positions": _POSITIONS,
+    "token_bucket_size": Limit(int, 2, TOKEN_MAX_POSITION),  # buckets on each side; 1 divides by zero
+    "image_bucket_size": Limit(int, 1, MAX_IMAGE_BUCKET),
+    "attn_scale_factor": Limit(float, 1e-3, 1e3),  # positions are scaled by (d / heads * factor) ** -0.5
+    "code_image_size": Limit(int, 8, 8 * MAX_IMAGE_BUCKET),  # 8 px a code; the grid must fit the image positions
+    "activation_fn": Limit(str, choices=("gelu", "relu")),
+    "dropout": _RATE, "attention_dropout": _RATE, "activation_dropout": _RATE,
+    "encoder_drop_path_rate": _RATE, "decoder_drop_path_rate": _RATE, "resnet_drop_path_rate": _RATE,
+    "attention_impl": Limit(str, choices=("sdpa", "math")),
+    "layer_init_std": Limit(float, None, 10),  # > 0 is checked where it is used (ofa.model.init)
+    **{name: _FLAG for name in (
+        "encoder_normalize_before", "decoder_normalize_before", "layernorm_embedding", "patch_layernorm_embedding",
+        "code_layernorm_embedding", "add_type_embedding", "entangle_position_embedding", "disable_entangle",
+        "scale_attn", "scale_fc", "scale_heads", "scale_resids", "share_all_embeddings",
+        "share_decoder_input_output_embed", "no_scale_embedding", "freeze_resnet", "freeze_encoder_embedding",
+        "freeze_decoder_embedding")},
+}
+
+OFFICIAL_STRIDE = 16  # the official ResNet stages 1-3: one patch token per 16 x 16 pixels
+_TIMM_RE = re.compile(r"timm:([^@\s]+)(?:@(\d+))?")
+
+
+def backbone_stride(resnet_type: str) -> int:
+    """Pixels per patch token of an image backbone: 16 for the official ResNets and ``timm:<name>``, N for
+    ``timm:<name>@N``."""
+    found = _TIMM_RE.fullmatch(resnet_type)
+    if found and found.group(2):
+        return int(found.group(2))
+    return OFFICIAL_STRIDE
+
+
+def check_model_config(values: Mapping[str, Any], where: Optional[str] = None) -> None:
+    """Check model config values before anything is built from them: each field's type and range
+    (``MODEL_LIMITS``), then the rules between fields. Keys that are not fields are left to the caller.
+
+    Args:
+        values: field values (a subset is fine: missing fields take their defaults for the rules between
+            fields). ``None`` values are skipped (the official Namespace stores unset switches as ``None``).
+        where: the file the values come from, for the message.
+
+    Raises:
+        ConfigError: one line, e.g. ``model config 'encoder_layers' = 1000000000 in FILE is out of range
+            [1, 256]`` or ``model config in FILE: encoder_embed_dim 100 is not divisible by
+            encoder_attention_heads 3``.
+    """
+    given = {k: v for k, v in values.items() if v is not None and not k.startswith("_")}
+    check_values(given, MODEL_LIMITS, scope="model config", where=where)
+    defaults = {f.name: f.default for f in dataclasses.fields(OFAModelConfig)
+                if f.default is not dataclasses.MISSING}
+    cfg = {**defaults, **given}
+    at = f" in {where}" if where else ""
+    resnet = cfg["resnet_type"]
+    if resnet not in RESNET_LAYERS and not _TIMM_RE.fullmatch(resnet):
+        raise ConfigError(f"unknown resnet_type {resnet!r}{at}; choose one of {sorted(RESNET_LAYERS)} or "
+                          "'timm:<model name>[@<stride>]'")
+    if cfg["encoder_embed_dim"] != cfg["decoder_embed_dim"]:
+        raise ConfigError(f"model config{at}: encoder_embed_dim {cfg['encoder_embed_dim']} must equal "
+                          f"decoder_embed_dim {cfg['decoder_embed_dim']} (OFA shares one embedding table)")
+    for side in ("encoder", "decoder"):
+        dim, heads = cfg[f"{side}_embed_dim"], cfg[f"{side}_attention_heads"]
+        if dim % heads:
+            raise ConfigError(f"model config{at}: {side}_embed_dim {dim} is not divisible by "
+                              f"{side}_attention_heads {heads}")
+    code, grid = cfg["code_image_size"], cfg["image_bucket_size"]
+    if code % 8 or code // 8 > grid:
+        raise ConfigError(f"model config{at}: code_image_size {code} must be a multiple of 8 whose code grid "
+                          f"({code // 8} a side) fits image_bucket_size {grid} (at most {8 * grid})")
 
 
 # sizes of ``models/ofa/ofa.py``; every entry also fixes encoder == decoder widths

@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import torch
 
+from ofa.console import run_cli
 from ofa.data_utils.codes import CodeError, code_grid, parse_codes
 from ofa.io_utils import AtomicFile, atomic_output, write_atomic
 from ofa.vqgan.train import TrainArgs
@@ -243,13 +244,15 @@ def _info(args) -> int:
 COMMANDS = {"train": _train, "eval": _eval, "encode": _encode, "decode": _decode, "info": _info}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args) or 0
-    except (ValueError, FileNotFoundError) as e:  # bad data / config / checkpoint (DataError, CheckpointFormatError)
-        print(f"ofa-vqgan {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return COMMANDS[args.command](args) or 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Mistakes (bad data, config or checkpoint: ``ofa.errors.UserError``; missing files) in one line
+    ``ofa-vqgan: error: ...``, exit status 2 (``ofa.console.run_cli``)."""
+    return run_cli("ofa-vqgan", _main, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

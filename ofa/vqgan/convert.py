@@ -44,6 +44,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from ofa.errors import UserError
 from ofa.io_utils import atomic_output, write_atomic
 from ofa.vqgan.model import VQGAN, VQGANConfig, attention_levels
 
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 IGNORED_PREFIXES = ("loss.",)  # discriminator / perceptual-loss weights of the Lightning module
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """The file is not a loadable VQGAN checkpoint (names the missing / unexpected / mismatched keys)."""
 
 
