@@ -31,10 +31,10 @@ setup(
         "safetensors>=0.4",
         "pyyaml>=5.4",  # VQGAN yaml configs
         "nltk>=3.8",  # Porter stemmer of the official Gigaword ROUGE
-        "pooch>=1.8",
+        "pooch>=1.8",  # ofa.hub: checkpoint downloads (HTTPDownloader, sha256, progress bar)
         "filelock>=3",
         "tqdm>=4.60",  # ofa-evaluate's progress bar
-        "tensorboardX>=2.6",  # fairseq's --tensorboard-logdir  # ofa.hub: checkpoint downloads (HTTPDownloader over requests, sha256, progress bar)
+        "tensorboardX>=2.6",  # fairseq's --tensorboard-logdir
     ],
     extras_require={
         "synth": ["matplotlib>=3.5"],  # the main job's figures (learning curves, predictions on test images)
