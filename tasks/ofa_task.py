@@ -34,6 +34,7 @@ from omegaconf import II
 from ofa import lr_scale
 from ofa.data_utils.datasets import DataConfig
 from ofa.data_utils.readers import open_reader
+from ofa.errors import ConfigError
 from ofa.generate import SequenceGenerator
 from ofa.tokenizer import load_tokenizer
 
@@ -90,7 +91,8 @@ class OFATask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg: OFATaskConfig, **kwargs):
         if not cfg.bpe_dir:
-            raise ValueError("--bpe-dir is required: the GPT-2 BPE folder, or a SentencePiece folder from ofa-tokenizer")
+            raise ConfigError("--bpe-dir is required: the GPT-2 BPE folder (encoder.json, vocab.bpe, dict.txt), or a "
+                              "SentencePiece folder from ofa-tokenizer")
         lr_scale.check_scale(getattr(cfg, "image_backbone_lr_scale", 1.0))
         tokenizer = load_tokenizer(cfg.bpe_dir, cfg.code_dict_size, cfg.num_bins)
         logger.info(f"dictionary: {len(tokenizer.dictionary)} types ({tokenizer.kind})")

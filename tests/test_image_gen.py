@@ -8,6 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from model_helpers import save_tiny_vqgan
+
 from ofa.data_utils.errors import DataError
 from ofa.data_utils.image_gen_dataset import PROMPT, ImageGenDataConfig, ImageGenDataset
 from ofa.data_utils.readers import open_reader
@@ -18,15 +20,10 @@ SIZE, CODES, N = 32, 64, 16
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from ofa.tokenizer import load_tokenizer, train_sentencepiece
-    from ofa.vqgan import VQGAN, VQGANConfig
     from ofa_synth.image_gen import main as synth_main
 
     out = tmp_path_factory.mktemp("image_gen")
-    torch.manual_seed(0)
-    vq = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
-                           embed_dim=8, n_embed=CODES, norm_groups=4, quantizer="vq"))
-    os.makedirs(out / "vq")
-    torch.save({"config": dict(vq.config.__dict__), "state_dict": vq.state_dict()}, out / "vq" / "model.pt")
+    save_tiny_vqgan(out / "vq", CODES)
     synth_main([str(out / "data"), "--vqgan", str(out / "vq"), "--num-images", "30", "--image-size", str(SIZE),
                 "--quiet"])
     caps = [line.split("\t")[2].strip() for line in open(out / "data" / "image_gen_train.tsv")]

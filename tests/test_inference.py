@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import string
 
@@ -20,6 +19,7 @@ from PIL import Image
 
 import ofa
 import ofa.inference as inf
+from model_helpers import check_logprob
 from ofa.cli import predict
 from ofa.errors import ConfigError
 from ofa.tasks.closed_set import closed_set_inference
@@ -71,16 +71,9 @@ def bench(tmp_path_factory):
     inf.CACHE_SIZE = saved_cache_size
 
 
-def _check_logprob(result):
-    """``logprob`` is a log-probability and ``prob`` its exp, whatever the task."""
-    assert isinstance(result["logprob"], float) and isinstance(result["prob"], float)
-    assert result["logprob"] <= 0.0 and 0.0 < result["prob"] <= 1.0
-    assert result["prob"] == pytest.approx(math.exp(result["logprob"]), rel=1e-12)
-
-
 def _check_closed_set(result, key, candidates):
     assert isinstance(result[key], str) and result[key] in candidates
-    _check_logprob(result)
+    check_logprob(result)
     assert result["score"] == result["prob"]  # kept for compatibility: the probability for closed-set tasks
     top = result["top"]
     assert len(top) == min(5, len(candidates))
@@ -97,7 +90,7 @@ def test_grounding_box_is_mapped_back_to_original_image_pixels(bench):
     r = inf.inference_model(bench["ckpt"]["refcoco"], bench["image"], text="the large green square")
     assert set(r) == {"task", "box", "bins", "logprob", "prob", "score", "image_size"}
     assert r["task"] == "refcoco" and r["image_size"] == [IMAGE_W, IMAGE_H]
-    _check_logprob(r)
+    check_logprob(r)
     # the four bins and EOS: the sum of five token log-probabilities, the generator's score is their mean
     assert r["score"] == pytest.approx(r["logprob"] / 5, abs=1e-5)
     x0, y0, x1, y1 = r["box"]
@@ -116,7 +109,7 @@ def test_caption_is_punctuation_free_text_with_summed_logprob(bench):
     assert set(r) == {"task", "caption", "logprob", "prob", "score", "image_size"}
     assert r["task"] == "caption" and isinstance(r["caption"], str)
     assert not any(c in string.punctuation for c in r["caption"])
-    _check_logprob(r)
+    check_logprob(r)
     assert r["logprob"] <= r["score"] <= 0.0  # score: the same log-probability divided by the length
 
 

@@ -10,7 +10,6 @@ whose inputs are padded differently from single calls.
 from __future__ import annotations
 
 import json
-import math
 import warnings
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import ofa.inference as inf
+from model_helpers import check_logprob, save_tiny_vqgan
 from ofa.cli import predict
 from ofa.errors import ConfigError
 
@@ -73,12 +73,6 @@ def env(spm_dir, tmp_path_factory):
     inf.CACHE_SIZE = saved_cache_size
 
 
-def _check_logprob(r):
-    assert isinstance(r["logprob"], float) and isinstance(r["prob"], float)
-    assert r["logprob"] <= 0.0 and 0.0 < r["prob"] <= 1.0
-    assert r["prob"] == pytest.approx(math.exp(r["logprob"]), rel=1e-12)
-
-
 def _same(single, batched):
     """Batched and single results agree: the same prediction (tokens), scores within 1e-5."""
     assert set(single) == set(batched)
@@ -112,7 +106,7 @@ def test_a_batch_gives_the_single_image_results(env, task, kwargs):
         single = inf.inference_model(env["ckpt"][task], image, device="cpu", **one)
         assert isinstance(single, dict) and single["task"] == task
         assert single["image_size"] == list(SIZES[i])
-        _check_logprob(single)
+        check_logprob(single)
         _same(single, batched[i])
 
 
@@ -253,19 +247,13 @@ SIDE, CODES = 32, 64
 
 @pytest.fixture(scope="module")
 def image_gen_ckpt(spm_dir, tmp_path_factory):
-    import os
 
     from ofa.checkpoint import save_checkpoint
     from ofa.model import OFAModel, config_for_arch
     from ofa.tokenizer import load_tokenizer
-    from ofa.vqgan import VQGAN, VQGANConfig
 
     root = tmp_path_factory.mktemp("image_gen_batch")
-    torch.manual_seed(0)
-    vq = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8,
-                           embed_dim=8, n_embed=CODES, norm_groups=4, quantizer="vq"))
-    os.makedirs(root / "vq")
-    torch.save({"config": dict(vq.config.__dict__), "state_dict": vq.state_dict()}, root / "vq" / "model.pt")
+    save_tiny_vqgan(root / "vq", CODES)
     model = OFAModel.from_config(config_for_arch("ofa_test", code_image_size=SIDE),
                                  load_tokenizer(spm_dir, CODES, 8).dictionary)
     path = root / "image_gen.pt"
@@ -285,7 +273,7 @@ def test_image_gen_batch_of_captions_gives_logprob_of_the_best_sample(image_gen_
     for r, out in zip(results, outs):
         assert r["task"] == "image_gen" and r["image_size"] == [SIDE, SIDE] and r["paths"][0] == out
         assert len(r["codes"]) == 2 and len(r["codes"][0]) == n
-        _check_logprob(r)
+        check_logprob(r)
         assert r["score"] == pytest.approx(r["logprob"] / (n + 1), abs=1e-5)  # the mean over codes and EOS
         assert r["score"] == max(r["scores"])
     with pytest.raises(inf.InputError, match="out= names one PNG for 2 inputs"):

@@ -156,20 +156,6 @@ def _atomic_json(path: str, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=1))
 
 
-class _Recorder:
-    """Wraps the task's generator so that ``task.inference`` runs unchanged and the hypotheses are kept."""
-
-    def __init__(self, generator):
-        self.generator, self.hyps = generator, None
-
-    def generate(self, *args, **kwargs):
-        self.hyps = self.generator.generate(*args, **kwargs)
-        return self.hyps
-
-    def __getattr__(self, name):
-        return getattr(self.generator, name)
-
-
 def _nbest(task, hyps, n: int) -> List[Dict[str, Any]]:
     """The ``n`` best hypotheses of one sample: text (special tokens kept: boxes read as ``<bin_i>``) and
     log-probability (the generator's score: length-normalised unless ``--unnormalized``)."""
@@ -188,7 +174,9 @@ def evaluate(model, task, split: str, batch_size: int, device, nbest: int = 1,
     task.load_dataset(split)
     dataset = task.dataset(split)
     itr = task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False)
-    recorder = _Recorder(task.generator) if nbest > 1 and getattr(task, "generator", None) else None
+    from ofa.inference import recording_generator
+
+    recorder = recording_generator(task, model, {}) if nbest > 1 and getattr(task, "generator", None) else None
     if recorder is not None:
         task.generator = recorder
     records: List[Dict[str, Any]] = []

@@ -57,19 +57,10 @@ def _precheck(argv: List[str]) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--task")
     pre.add_argument("--user-dir")
-    pre.add_argument("--bpe-dir")
     known, _ = pre.parse_known_args(argv)
     import_user_dir(known.user_dir)
     if known.task:
         check_task(known.task)
-    from fairseq.tasks import TASK_REGISTRY
-
-    from ofa.tasks.ofa_task import OFATask
-
-    task_cls = TASK_REGISTRY.get(known.task or "")
-    if isinstance(task_cls, type) and issubclass(task_cls, OFATask) and not known.bpe_dir:
-        raise ConfigError("--bpe-dir is required: the GPT-2 BPE folder (encoder.json, vocab.bpe, dict.txt), or a "
-                          "SentencePiece folder from ofa-tokenizer")
 
 
 def train(argv: List[str]) -> int:
