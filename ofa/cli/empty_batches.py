@@ -70,13 +70,20 @@ def no_stand_in_message(path: Optional[str], stuck: int, world: int) -> str:
 
 # ---------------------------------------------------------------------------------------- rank agreement
 def _agree(trainer, flags: List[bool]) -> List[int]:
-    """How many data-parallel ranks raised each flag (every rank calls this at the same step)."""
-    counts = torch.tensor([float(f) for f in flags], device=trainer.device)
-    if trainer.data_parallel_world_size > 1:
-        from fairseq.distributed import utils as dist_utils
+    """How many data-parallel ranks raised each flag (every rank calls this at the same step); one process
+    needs no tensor, no collective and no device sync."""
+    if trainer.data_parallel_world_size == 1:
+        return [int(f) for f in flags]
+    from fairseq.distributed import utils as dist_utils
 
-        counts = dist_utils.all_reduce(counts, group=trainer.data_parallel_process_group)
+    counts = torch.tensor([float(f) for f in flags], device=trainer.device)
+    counts = dist_utils.all_reduce(counts, group=trainer.data_parallel_process_group)
     return [round(v) for v in counts.tolist()]
+
+
+def _skipping(trainer) -> bool:
+    """Only ``--bad-rows skip`` makes empty batches; with ``fail`` (the default) the steps run untouched."""
+    return getattr(trainer.task.cfg, "bad_rows", "fail") == "skip"
 
 
 def _split_path(trainer, split: str) -> Optional[str]:
@@ -98,6 +105,8 @@ def _decide(trainer, has_rows: bool, split: str) -> str:
 def _train_step(original):
     @functools.wraps(original)
     def train_step(self, samples, raise_oom=False):
+        if not _skipping(self):
+            return original(self, samples, raise_oom)
         rows = [s for s in samples if not is_empty_batch(s)]
         if _decide(self, bool(rows), self.cfg.dataset.train_subset) == "drop":
             self._ofa_dropped_step = True
@@ -114,6 +123,8 @@ def _train_step(original):
 def _valid_step(original):
     @functools.wraps(original)
     def valid_step(self, sample, raise_oom=False):
+        if not _skipping(self):
+            return original(self, sample, raise_oom)
         has_rows = not is_empty_batch(sample)
         if _decide(self, has_rows, self.cfg.dataset.valid_subset.split(",")[0]) == "drop":
             return None
