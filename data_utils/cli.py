@@ -14,12 +14,12 @@ The embedded benchmark's data (scenes, text, pretraining sources) comes from ``o
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from typing import Callable, Dict, List, Optional
 
 from ofa.console import run_cli
 from ofa.data_utils.errors import DataError
+from ofa.errors import unknown_name
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -68,13 +68,6 @@ def _validate(argv) -> int:
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {"convert": _convert, "validate": _validate, "hdf5": _hdf5,
                                                   "cider-df": _cider_df}
-
-
-def unknown_name(kind: str, name: str, choices) -> str:
-    """``unknown command 'valdate'; did you mean validate?`` (or the list of choices when none is near)."""
-    near = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(near)}?" if near else f"choose one of {', '.join(choices)}"
-    return f"unknown {kind} {name!r}; {hint}"
 
 
 def command(argv: List[str]) -> int:

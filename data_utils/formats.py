@@ -11,12 +11,12 @@ the official ``--selected-cols`` style). Conventions kept from the official data
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ofa.data_utils.errors import DataError
+from ofa.errors import unknown_name
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,7 @@ SCHEMAS["vqa_gen"] = SCHEMAS["vqa"]
 def get_schema(name: str) -> Schema:
     """The layout called ``name``; an unknown name is a ``DataError`` suggesting the nearest."""
     if name not in SCHEMAS:
-        near = difflib.get_close_matches(name, sorted(SCHEMAS), n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(near)}?" if near else f"choose one of {', '.join(sorted(SCHEMAS))}"
-        raise DataError(f"unknown data layout {name!r}; {hint}")
+        raise DataError(unknown_name("data layout", name, sorted(SCHEMAS)))
     return SCHEMAS[name]
 
 

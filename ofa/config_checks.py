@@ -23,7 +23,6 @@ Pure functions; nothing here imports the model or the tasks at module level.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import logging
 import math
@@ -33,7 +32,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ofa.errors import ConfigError
+from ofa.errors import ConfigError, quoted_with_near
 
 STYLES = ("config", "cli", "keyword")
 logger = logging.getLogger(__name__)
@@ -308,10 +307,7 @@ def reject_unknown_keys(keys: Iterable[str], known: Collection[str], *, scope: s
     found = unknown_keys(keys, known)
     if not found:
         return
-    hints = []
-    for key in found:
-        near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-        hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    hints = [quoted_with_near(key, known) for key in found]
     raise ConfigError(f"unknown {scope} key{'s' if len(found) > 1 else ''} in {given_as}: {', '.join(hints)}")
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
 import inspect
 import io
 import math
@@ -51,7 +50,7 @@ import torch
 
 from ofa.checkpoint import load_model
 from ofa.config_checks import Limit, check_value
-from ofa.errors import ConfigError, UserError
+from ofa.errors import ConfigError, UserError, did_you_mean, quoted_with_near
 from ofa.hub import resolve_checkpoint
 
 CACHE_SIZE = 2  # models kept loaded (path-loaded checkpoints and passed-in tuples each)
@@ -306,9 +305,7 @@ def canonical_task(name: str) -> str:
     if key in TASK_REGISTRY:
         raise ConfigError(f"task {name!r} has no inference (one input -> one prediction); "
                           f"the tasks that have: {', '.join(sorted(INFERENCE))}")
-    near = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(near)}?" if near else f"valid task names: {', '.join(names)}"
-    raise ConfigError(f"unknown task {name!r}; {hint}")
+    raise ConfigError(f"unknown task {name!r}; {did_you_mean(key, names, cutoff=0.6, listing='valid task names:')}")
 
 
 # ranges of the SequenceGenerator arguments beyond their types (the types come from its signature)
@@ -360,10 +357,7 @@ def split_overrides(task_name: str, overrides: Dict[str, Any]) -> Tuple[Dict[str
             unknown.append(k)
     if unknown:
         known = sorted(task_fields | set(gen_limits))
-        parts = []
-        for k in unknown:
-            near = difflib.get_close_matches(k, known, n=1, cutoff=0.6)
-            parts.append(f"{k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        parts = [quoted_with_near(k, known) for k in unknown]
         raise UnknownOptionError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)} for task "
                                  f"{task_name!r}: give SequenceGenerator arguments or {task_name} task options")
     return task_over, gen_over

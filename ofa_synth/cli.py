@@ -10,13 +10,12 @@
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
 from typing import List, Optional
 
 from ofa.console import run_cli
-from ofa.errors import ConfigError
+from ofa.errors import ConfigError, unknown_name
 
 # command -> module whose ``main(argv)`` runs it
 COMMANDS = {
@@ -33,9 +32,7 @@ def _main(argv: List[str]) -> int:
         print(__doc__.strip())
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        near = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
-        hint = f"did you mean {near[0]}?" if near else f"choose one of {', '.join(COMMANDS)}"
-        raise ConfigError(f"unknown command {argv[0]!r}; {hint}")
+        raise ConfigError(unknown_name("command", argv[0], COMMANDS, n=1, cutoff=0.6))
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
 
 

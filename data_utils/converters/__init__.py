@@ -13,12 +13,12 @@ spaces. Every bad input raises ``DataError`` naming the file, the record (``row 
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from typing import Callable, Dict, List, Optional
 
 from ofa.data_utils.cli import ArgumentParser
 from ofa.data_utils.errors import DataError
+from ofa.errors import unknown_name
 from ofa.data_utils.converters import coco_caption, image_folder, refcoco, snli_ve, vqa
 from ofa.data_utils.converters._common import ConvertResult, add_common_arguments
 
@@ -51,9 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["convert"]:  # tolerate being handed the sub-command word itself
         argv = argv[1:]
     if argv and not argv[0].startswith("-") and argv[0] not in _MODULES:
-        near = difflib.get_close_matches(argv[0], list(_MODULES), n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(near)}?" if near else f"choose one of {', '.join(_MODULES)}"
-        raise DataError(f"unknown source kind {argv[0]!r}; {hint}")
+        raise DataError(unknown_name("source kind", argv[0], _MODULES))
     args = build_parser().parse_args(argv)
     result = _MODULES[args.source].run(args)
     print(f"wrote {int(result)} rows to {result.out}")

@@ -25,18 +25,14 @@ def ofa_task_names() -> List[str]:
 
 def check_task(name: str, option: str = "--task") -> str:
     """``name`` when it is a registered fairseq task, else a ``ConfigError`` suggesting the near OFA tasks."""
-    import difflib
-
     from fairseq.tasks import TASK_REGISTRY
 
-    from ofa.errors import ConfigError
+    from ofa.errors import ConfigError, unknown_name
 
     if name in TASK_REGISTRY:
         return name
     ours = ofa_task_names()
-    near = difflib.get_close_matches(name, ours, n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(near)}?" if near else f"OFA's tasks: {', '.join(ours)}"
-    raise ConfigError(f"{option}: unknown task {name!r}; {hint}")
+    raise ConfigError(f"{option}: " + unknown_name("task", name, ours, listing="OFA's tasks:"))
 
 
 def setup() -> None:
