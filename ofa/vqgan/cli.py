@@ -21,6 +21,7 @@ from typing import List, Optional
 import torch
 
 from ofa.console import run_cli
+from ofa.errors import ConfigError
 from ofa.data_utils.codes import CodeError, code_grid, parse_codes
 from ofa.io_utils import AtomicFile, atomic_output, write_atomic
 from ofa.vqgan.train import TrainArgs
@@ -171,7 +172,7 @@ def _encode(args) -> int:
     size = args.image_size or model.config.resolution
     crop = args.center_crop
     if crop is not None and not 0 < crop <= size:
-        raise SystemExit(f"--center-crop {crop} must be in (0, {size}]")
+        raise ConfigError(f"--center-crop {crop} must be in (0, {size}]")
 
     def flush(batch, names, out):
         x = to_model_range(torch.stack(batch)).to(args.device)
@@ -219,7 +220,7 @@ def _decode(args) -> int:
                 codes = parse_codes(fields[-1], vocab_size=model.n_embed)
                 h, w = code_grid(len(codes), grid)
             except CodeError as e:
-                raise SystemExit(f"{args.codes} line {lineno + 1}: {e}") from None
+                raise CodeError(f"{args.codes} line {lineno + 1}: {e}") from None
             image = model.decode(torch.tensor(codes).view(1, h, w))[0].cpu()
             name = fields[0] if len(fields) > 1 else str(lineno)
             safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or str(lineno)
