@@ -17,6 +17,7 @@ from ofa.errors import UserError
 _NOISE = (
     (FutureWarning, r".*torch\.jit.*"),  # fairseq scripts modules with torch.jit
     (DeprecationWarning, r".*torch\.jit.*"),
+    (FutureWarning, r".*torch\.cuda\.amp\.autocast.*"),  # fairseq's train step, on the CPU too
     (UserWarning, r".*pin_memory.*"),  # fairseq's loaders ask for pinned memory on the CPU too
     (UserWarning, r".*[Tt]ensorboard.*"),
     (UserWarning, r".*strict flag.*"),  # hydra's compose API, as fairseq calls it

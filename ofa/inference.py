@@ -209,10 +209,9 @@ class InferenceHandle:
 
             from ofa.task_config import build_task_config
 
-            cli = dict(task_over)
-            cli["bpe_dir"] = task_over.get("bpe_dir") or _tokenizer_dir(self)
+            saved = dict(self.info.task, bpe_dir=_tokenizer_dir(self))  # the folder the model loaded with
             # drops another task's eval_* / answers; checks every value, and the options against the checkpoint
-            cfg = build_task_config(task_name, self.info.task, cli, checkpoint=self.info, style="keyword")
+            cfg = build_task_config(task_name, saved, dict(task_over), checkpoint=self.info, style="keyword")
             cfg.data = None
             task = TASK_REGISTRY[task_name].setup_task(cfg)
             task.generator = task.build_generator([self.model])
@@ -381,7 +380,7 @@ def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
 
 def _tokenizer_dir(handle: InferenceHandle) -> Optional[str]:
     """Where the tokenizer is: like ``load_model``, the explicit folder, the saved one, the checkpoint's own."""
-    candidates = [handle.bpe_dir, handle.info.task.get("bpe_dir")]
+    candidates = [handle.bpe_dir, getattr(handle.info, "bpe_dir", None), handle.info.task.get("bpe_dir")]
     if handle.path:
         candidates += [handle.path if os.path.isdir(handle.path) else None, os.path.dirname(handle.path)]
     for c in candidates:

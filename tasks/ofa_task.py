@@ -173,6 +173,13 @@ class OFATask(FairseqTask):
 
     # ---------------------------------------------------------------- model and generation
     def build_model(self, cfg, from_checkpoint=False):
+        from ofa.config_checks import check_task_against_model
+        from ofa.model.config import OFAModelConfig
+
+        # image size vs the backbone's stride and positions, text lengths vs the position tables: before allocation
+        model_cfg = cfg if isinstance(cfg, OFAModelConfig) else OFAModelConfig.from_any(cfg)
+        check_task_against_model(model_cfg, self.cfg, given=("patch_image_size", "max_src_length", "max_tgt_length"),
+                                 whose="the model's")
         model = super().build_model(cfg, from_checkpoint)
         self.generator = self.build_generator([model], self.cfg)
         return model

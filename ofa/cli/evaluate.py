@@ -268,8 +268,8 @@ def evaluate_command(argv: Optional[Sequence[str]] = None) -> int:
     if args.nbest < 1:
         raise ConfigError(f"--nbest must be at least 1, got {args.nbest}")
     cli = {k: v for k, v in vars(args).items() if v is not None}
-    cli["bpe_dir"] = args.bpe_dir or info.task.get("bpe_dir")
-    cfg = build_task_config(task_name, info.task, cli)
+    saved = dict(info.task, bpe_dir=info.bpe_dir or info.task.get("bpe_dir"))  # the folder the model loaded with
+    cfg = build_task_config(task_name, saved, cli, checkpoint=info)
     beam = getattr(cfg, "eval_beam", None)
     if beam is not None and args.nbest > beam:
         raise ConfigError(f"--nbest {args.nbest} is more than the beam size {beam}: raise --beam")
