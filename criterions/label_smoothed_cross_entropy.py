@@ -164,7 +164,10 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         keep = target.ne(self.padding_idx)
         if self.ignore_eos:
             keep &= target.ne(self.eos_idx)
-        return lprobs[keep], target[keep], None if masks is None else masks[keep]
+        # the kept positions once (the step's one host sync for them); indexing by them is what ``[keep]`` does,
+        # without a sync for each tensor and for the gradient's scatter
+        rows, cols = keep.nonzero(as_tuple=True)
+        return lprobs[rows, cols], target[rows, cols], None if masks is None else masks[rows, cols]
 
     def compute_loss(self, logits, sample, update_num=0) -> Dict[str, Any]:
         lprobs, target, masks = self.lprobs_and_target(logits, sample)

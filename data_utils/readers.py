@@ -266,6 +266,29 @@ class TSVReader(_Sharded):
                             self.path, g, line=self.line_number(g)) from None
 
 
+class ElementReader:
+    """``dataset[g]`` of a one-dimensional HDF5 dataset through h5py's low-level API: a one-element
+    hyperslab read into a reused buffer, about 3x faster than ``dataset[g]``, which builds its selection
+    anew from the index expression at every call (the same value: ``bytes`` for variable-length strings,
+    an array for variable-length bytes)."""
+
+    def __init__(self, dataset):
+        import h5py
+
+        self.dataset = dataset
+        self.rows = dataset.shape[0]
+        self.file_space = dataset.id.get_space()
+        self.memory_space = h5py.h5s.create_simple((1,))
+        self.buffer = np.empty((1,), dtype=dataset.dtype)
+
+    def __call__(self, g: int):
+        if not 0 <= g < self.rows:
+            raise IndexError(f"row {g} is outside the {self.rows} rows of {self.dataset.name}")
+        self.file_space.select_hyperslab((g,), (1,))
+        self.dataset.id.read(self.memory_space, self.file_space, self.buffer)
+        return self.buffer[0]
+
+
 class HDF5Reader(_Sharded):
     """Rows of an HDF5 shard written by ``tsv_to_hdf5``: one dataset per column.
 
@@ -316,13 +339,13 @@ class HDF5Reader(_Sharded):
     def _datasets(self):
         if self._sets is None:
             f = self._file()
-            self._sets = [(self.schema.columns[c], f[self.schema.columns[c]]) for c in self.columns]
+            self._sets = [(self.schema.columns[c], ElementReader(f[self.schema.columns[c]])) for c in self.columns]
         return self._sets
 
     def read_row(self, g: int) -> Tuple[Union[str, bytes], ...]:
         out = []
-        for name, dataset in self._datasets():
-            value = dataset[g]
+        for name, element in self._datasets():
+            value = element(g)
             if name in self.schema.image_columns:
                 out.append(value.tobytes())
             elif isinstance(value, bytes):

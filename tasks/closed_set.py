@@ -39,6 +39,8 @@ from ofa.tasks.ofa_task import PROMPT_TYPES, OFATask, OFATaskConfig
 logger = logging.getLogger(__name__)
 
 INFERENCE = ChoiceEnum(["allcand", "beamsearch"])
+# largest (trie nodes + 1) x vocabulary table of allowed next tokens kept per device (bool entries: 64 MiB)
+DENSE_TABLE_LIMIT = 1 << 26
 TOP_K = 5  # answers listed in a one-image prediction
 
 
@@ -58,6 +60,8 @@ class AnswerSet:
         for seq in self.tokens:
             self.trie.insert([self.bos] + seq.tolist() + [self.eos])
         self.constraint = TrieConstraint(self.trie)
+        self.depth = max(len(seq) for seq in self.tokens) + 2  # the trie's longest path: bos + answer + eos
+        self._dense_tables: Dict[str, Any] = {}  # device -> (compiled trie, allowed-token table)
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -65,16 +69,46 @@ class AnswerSet:
     def constraint_masks(self, prev_output_tokens: torch.Tensor, prompt_lens: torch.Tensor) -> torch.Tensor:
         """Allowed next tokens at every decoder position, ``[B, T, V]``.
 
+        One walk of the trie along the answer part of the rows (as many steps as the trie is deep,
+        ``prefix_nodes``) gives the node before every position; the nodes' children come from a cached table
+        (``allowed_after``). The masks equal ``TrieConstraint.allowed`` of every prefix
+        ``prev_output_tokens[:, :j + 1]``, without its ``O(T^2)`` trie steps and a host sync per position.
+
         Args:
             prev_output_tokens: ``[B, T]``, each row ``decoder prompt (starting with BOS) + answer``.
             prompt_lens: ``[B]`` decoder-prompt lengths including BOS.
         """
         b, t = prev_output_tokens.shape
-        masks = torch.ones(b, t, self.vocab_size, dtype=torch.bool, device=prev_output_tokens.device)
-        forced = (prompt_lens - 1).to(prev_output_tokens.device)
-        for j in range(t):
-            masks[:, j] = self.constraint.allowed(prev_output_tokens[:, : j + 1], forced, self.vocab_size)
-        return masks
+        device = prev_output_tokens.device
+        table = self.trie.compile(device)
+        forced = (prompt_lens - 1).to(device).clamp(min=0)
+        nodes = prefix_nodes(table, prev_output_tokens, forced, self.depth)
+        masks = self.allowed_after(table, nodes.reshape(-1)).view(b, t, self.vocab_size)
+        # positions whose prefix still lies inside the row's forced prompt allow everything
+        inside_prompt = forced[:, None] >= torch.arange(1, t + 1, device=device)[None, :]
+        return masks | inside_prompt[:, :, None]
+
+    def allowed_after(self, table, nodes: torch.Tensor) -> torch.Tensor:
+        """Bool ``[N, V]``: the trie children of each node (``-1``: only eos), as ``table.allowed_mask``.
+
+        Where ``(trie nodes + 1) x V`` fits ``DENSE_TABLE_LIMIT``, rows of a per-device table built once
+        (no host sync); a larger trie (the official VQA answers over a 59k vocabulary) asks the table."""
+        dense = self._dense_table(table, nodes.device)
+        if dense is None:
+            return table.allowed_mask(nodes, self.vocab_size)
+        return dense[torch.where(nodes.ge(0), nodes, torch.full_like(nodes, dense.size(0) - 1))]
+
+    def _dense_table(self, table, device: torch.device) -> Optional[torch.Tensor]:
+        """``[trie nodes + 1, V]`` bool: row ``n`` the children of node ``n``, the last row node ``-1``'s; ``None``
+        when too large. Cached per device, built again if the trie is compiled anew."""
+        num_nodes = len(self.trie)
+        if (num_nodes + 1) * self.vocab_size > DENSE_TABLE_LIMIT:
+            return None
+        cached = self._dense_tables.get(str(device))
+        if cached is None or cached[0] is not table:
+            ids = torch.cat([torch.arange(num_nodes, device=device), torch.full((1,), -1, device=device)])
+            cached = self._dense_tables[str(device)] = (table, table.allowed_mask(ids, self.vocab_size))
+        return cached[1]
 
     @torch.no_grad()
     def score_candidates(self, model, sample, chunk: int = 20) -> torch.Tensor:
@@ -121,6 +155,28 @@ class AnswerSet:
                 total += torch.where(active, lp.gather(1, tgt[:, j:j + 1]).squeeze(1), torch.zeros_like(total))
             out[:, start:start + c] = total.view(bsz, c)
         return out
+
+
+def prefix_nodes(table, tokens: torch.Tensor, forced: torch.Tensor, depth: int) -> torch.Tensor:
+    """``[B, T]`` trie node after each prefix ``tokens[:, :j + 1]``, as ``TrieConstraint.allowed`` walks it:
+    from the root through the first token (BOS), then one step per token after the row's ``forced`` prompt
+    tokens; ``-1`` once a row leaves the trie.
+
+    A path leaves a trie of ``depth`` (its longest sequence) within ``depth`` steps, so each row walks only
+    the ``depth`` tokens after its own prompt, whatever the batch's length ``T``.
+    """
+    n, t = tokens.shape
+    device = tokens.device
+    first = table.step(torch.zeros(n, dtype=torch.long, device=device), tokens[:, 0])
+    cols = (forced[:, None] + 1 + torch.arange(depth, device=device)[None, :]).clamp(max=t - 1)
+    after_prompt = tokens.gather(1, cols)
+    walked = [first]
+    for k in range(depth):
+        walked.append(table.step(walked[-1], after_prompt[:, k]))
+    walked.append(torch.full_like(first, -1))
+    # position j has walked j - forced tokens after the prompt (none inside it; past depth, off the trie)
+    steps = (torch.arange(t, device=device)[None, :] - forced[:, None]).clamp(0, depth + 1)
+    return torch.stack(walked, dim=1).gather(1, steps)
 
 
 def load_answer_file(path: str) -> List[str]:

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-import torch
 from fairseq import metrics
 from fairseq.tasks import register_task
 
@@ -74,24 +73,6 @@ class GlueTask(ClosedSetTask):
             multi = [a for a, t in zip(self.answer_set.answers, self.answer_set.tokens) if len(t) != 1]
             if multi:
                 raise ValueError(f"GLUE labels must be single BPE tokens (official assertion): {multi}")
-
-    def add_constraints(self, sample):
-        """``ClosedSetTask.add_constraints`` without the per-position trie walk through the prompt.
-
-        With ``prompt_type=src`` the decoder prompt is the whole source, so most positions lie inside
-        every row's prompt, where everything is allowed; only positions from the shortest prompt's
-        last token on are computed (same masks, O(label) instead of O(prompt) trie walks).
-        """
-        if not sample or self.cfg.unconstrained_training or "constraint_masks" in sample:
-            return sample
-        prev = sample["net_input"]["prev_output_tokens"]
-        forced = torch.tensor([len(p) - 1 for p in sample["decoder_prompts"]], device=prev.device)
-        vocab = self.answer_set.vocab_size
-        masks = torch.ones(*prev.shape, vocab, dtype=torch.bool, device=prev.device)
-        for j in range(int(forced.min()), prev.size(1)):
-            masks[:, j] = self.answer_set.constraint.allowed(prev[:, : j + 1], forced, vocab)
-        sample["constraint_masks"] = masks
-        return sample
 
     def confusion(self, predictions, refs, keep) -> Dict[str, float]:
         c = {k: 0.0 for k in COUNTS}

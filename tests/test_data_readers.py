@@ -95,6 +95,26 @@ def test_hdf5_reader_gives_raw_image_bytes_with_random_access(tmp_path):
     assert uid == "5" and image == base64.b64decode(png()) and caption.startswith("a red square number 5")
 
 
+def test_hdf5_element_reads_equal_h5py_indexing(tmp_path):
+    """``ElementReader`` (the low-level one-element read behind ``HDF5Reader.read_row``) gives ``dataset[g]``."""
+    import h5py
+    import numpy as np
+
+    from ofa.data_utils.readers import ElementReader
+
+    src = write(tmp_path, "caption", caption_rows(5))
+    h5 = str(tmp_path / "c.h5")
+    tsv_to_hdf5(src, h5, "caption")
+    with h5py.File(h5, "r") as f:
+        for name in ("uniq_id", "image", "caption"):
+            element = ElementReader(f[name])
+            for g in (3, 0, 4, 3):
+                value, expected = element(g), f[name][g]
+                assert np.array_equal(value, expected) if isinstance(expected, np.ndarray) else value == expected
+            with pytest.raises(IndexError):
+                element(5)
+
+
 def test_bad_base64_fails_the_hdf5_conversion_with_its_row(tmp_path):
     rows = caption_rows(3)
     rows[2]["image"] = "not base64 at all!!"

@@ -108,7 +108,10 @@ class FakeDecoder(nn.Module):
         for row, sid in enumerate(sample_ids):
             logits[row, -1] = torch.tensor(self.scripts[sid](tokens[row, 1:].tolist())).log()
         self.calls.append((tokens.clone(), sample_ids))
-        return logits, {}
+        return logits, {}  # with features_only the "features" are these logits: output_layer is the identity
+
+    def output_layer(self, features):
+        return features
 
     def reorder_incremental_state_scripting(self, state, order):
         pass
@@ -171,16 +174,19 @@ def test_beam_search_keeps_best_hypotheses_sorted_by_length_normalised_score():
     assert float(best["score"]) > float(second["score"])
 
 
-def test_beam_search_starts_from_bos_and_hypotheses_exclude_bos_and_end_with_eos():
-    hypos, model = run(BEAM_SCRIPT, beam_size=2)
+@pytest.mark.parametrize("prefill", [True, False])
+def test_beam_search_starts_from_bos_and_hypotheses_exclude_bos_and_end_with_eos(prefill):
+    hypos, model = run(BEAM_SCRIPT, beam_size=2, prefill_prompt=prefill)
     first_tokens, _ = model.decoder.calls[0]
-    assert first_tokens.tolist() == [[BOS], [BOS]]  # bsz * beam rows, BOS only
+    # BOS only: decoded once per sample (its cache then expanded to the beams), or once per hypothesis row
+    assert first_tokens.tolist() == ([[BOS]] if prefill else [[BOS], [BOS]])
     for tokens, _ in model.decoder.calls:
         assert tokens[:, 0].eq(BOS).all()
     for h in hypos[0]:
         assert h["tokens"][-1].item() == EOS
         assert BOS not in h["tokens"].tolist()
         assert h["positional_scores"].numel() == h["tokens"].numel()
+    check_hyp(hypos[0][0], B_TOKENS, B_POS, sum(B_POS) / 4)
 
 
 def test_beam_search_unnormalised_scores_are_sums_and_rank_short_hypothesis_first():
@@ -614,9 +620,9 @@ def test_batch_gives_same_hypotheses_as_each_sample_alone_when_samples_finish_at
             assert torch.allclose(h["positional_scores"], a["positional_scores"], atol=1e-6)
         for h, (tokens, pos) in zip(sample_hyps, BATCH_EXPECTED[sid]):
             check_hyp(h, tokens, pos, sum(pos) / len(tokens))
-    # after pruning, the batch shrinks: only B's two rows remain at step 2..3
+    # BOS is decoded once per sample; after pruning, the batch shrinks: only B's two rows remain at step 2..3
     sizes = [tokens.size(0) for tokens, _ in model.decoder.calls]
-    assert sizes == [6, 6, 4, 2]
+    assert sizes == [3, 6, 4, 2]
     assert model.decoder.calls[-1][1] == [W2, W2]
 
 

@@ -313,3 +313,26 @@ def test_dummy_images_stay_out_of_the_backbone_and_its_batchnorm_statistics(smal
     assert mixed.keys() == alone.keys() and mixed
     for k in mixed:
         torch.testing.assert_close(mixed[k], alone[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_conv_bn_folds_fixed_statistics_and_keeps_batch_statistics_in_training():
+    """``conv_bn`` equals ``bn(conv(x))``: folded into the kernel in eval mode and for frozen BatchNorm, the
+    plain two-step path while BatchNorm trains on batch statistics (and its running statistics update)."""
+    from ofa.model.resnet import FrozenBatchNorm2d, conv_bn
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False)
+    x = torch.randn(2, 4, 9, 7).contiguous(memory_format=torch.channels_last)
+    bn = torch.nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(), bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    frozen = FrozenBatchNorm2d(6)
+    frozen.load_state_dict({k: v for k, v in bn.state_dict().items() if k != "num_batches_tracked"})
+    bn.eval()
+    torch.testing.assert_close(conv_bn(conv, bn, x), bn(conv(x)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conv_bn(conv, frozen, x), frozen(conv(x)), atol=1e-5, rtol=1e-5)
+    bn.train()
+    before = bn.running_mean.clone()
+    torch.testing.assert_close(conv_bn(conv, bn, x), torch.nn.functional.batch_norm(
+        conv(x), None, None, bn.weight, bn.bias, training=True), atol=1e-5, rtol=1e-5)
+    assert not torch.equal(bn.running_mean, before)

@@ -137,7 +137,7 @@ def test_glue_label_errors_and_aliases(text_data, tok):
 
 
 @pytest.mark.parametrize("prompt_type", ["src", "none"])
-def test_glue_constraint_masks_match_the_closed_set_ones(prompt_type, text_data):
+def test_glue_constraint_masks_match_the_per_position_trie_walk(prompt_type, text_data):
     from fairseq.tasks import TASK_REGISTRY
 
     from ofa.tasks.text_classify import GlueConfig
@@ -149,8 +149,10 @@ def test_glue_constraint_masks_match_the_closed_set_ones(prompt_type, text_data)
     ds = task.dataset("valid")
     batch = ds.collater([ds[i] for i in range(3)])
     fast = task.add_constraints(dict(batch))["constraint_masks"]
-    plen = torch.tensor([len(p) for p in batch["decoder_prompts"]])
-    assert torch.equal(fast, task.answer_set.constraint_masks(batch["net_input"]["prev_output_tokens"], plen))
+    prev, aset = batch["net_input"]["prev_output_tokens"], task.answer_set
+    forced = torch.tensor([len(p) - 1 for p in batch["decoder_prompts"]])
+    slow = torch.stack([aset.constraint.allowed(prev[:, : j + 1], forced, aset.vocab_size) for j in range(prev.size(1))], 1)
+    assert torch.equal(fast, slow)
 
 
 def test_official_file_layouts_load_with_selected_cols(text_data, tmp_path):

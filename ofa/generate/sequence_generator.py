@@ -17,7 +17,7 @@ with ``tokens`` (ending with EOS, without BOS), ``score``, ``positional_scores``
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,10 @@ class SequenceGenerator:
         sampling, sampling_topk, sampling_topp: sample instead of beam search.
         use_cache: incremental decoding with a key/value cache; ``False`` recomputes the whole
             prefix every step (same outputs, slower; kept for benchmarks and checks).
-        prefill_prompt: under a trie constraint, decode the prompt positions that every sample forces
-            in one decoder call instead of one step each (same outputs; ``False`` for benchmarks).
+        prefill_prompt: decode the first step (BOS) once per sample instead of once per hypothesis, its
+            cache (the cross-attention keys and values included) then expanded to the beams; under a trie
+            constraint also every prompt position that all samples force, in the same one decoder call
+            (same outputs; ``False`` steps through them one hypothesis row at a time, for benchmarks).
     """
 
     def __init__(
@@ -152,9 +154,13 @@ class SequenceGenerator:
         (``encoder_outs`` one row per sample), fill its cache with those ``n`` positions for all ``beam``
         rows of the sample, and return the features ``[B, n, C]``: row ``b``, position ``s`` is what step
         ``s`` of the search would compute for any live hypothesis of sample ``b`` (they all hold the prompt).
-        One batched pass instead of ``n`` single-token steps."""
-        bsz = prefix_tokens.size(0)
-        inp = torch.cat([prefix_tokens.new_full((bsz, 1), self.bos), prefix_tokens[:, : n - 1]], dim=1)
+        One batched pass over ``B`` rows instead of ``n`` single-token steps over ``B x beam`` rows; with
+        ``n == 1`` (BOS only) ``prefix_tokens`` may be ``None``."""
+        enc = encoder_outs[0]["encoder_out"][0]  # [S, B, C]
+        bsz = enc.size(1)
+        inp = torch.full((bsz, 1), self.bos, dtype=torch.long, device=enc.device)
+        if n > 1:
+            inp = torch.cat([inp, prefix_tokens[:, : n - 1]], dim=1)
         code_masks = torch.full((bsz,), self.gen_code, dtype=torch.bool, device=inp.device)
         expand = torch.arange(bsz, device=inp.device).repeat_interleave(beam)
         feats = []
@@ -202,7 +208,7 @@ class SequenceGenerator:
         if prefix_tokens is not None:
             prefix_lens = prefix_tokens.ne(self.pad).sum(1)
         # a prompt forced in every row is decoded in one pass (features per sample; see _prefill)
-        n_prefill = self._prefill_len(prefix_lens, max_len)
+        n_prefill = self._prefill_len(prefix_lens, max_len) or int(self.use_cache and self.prefill_prompt)
         prefilled = self._prefill(encoder_outs, states, prefix_tokens, n_prefill, beam) if n_prefill else None
         pre_rows = torch.arange(bsz * beam, device=device)  # current row -> its row when the search began
         expand = torch.arange(bsz, device=device).repeat_interleave(beam)

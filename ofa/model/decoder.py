@@ -80,12 +80,14 @@ class OFADecoder(FairseqIncrementalDecoder):
 
     # ------------------------------------------------------------------ positions
     def _positions(self, tgt_len: int, bsz: int, code_masks: Optional[Tensor], device) -> Tuple[Tensor, Tensor]:
-        """Raw and LayerNorm'd target position embeddings, each ``[B, Lt, C]``."""
-        text = self.embed_positions(torch.arange(tgt_len, device=device))[None].expand(bsz, -1, -1)
+        """Raw and LayerNorm'd target position embeddings, each ``[1, Lt, C]`` when every sample is of one
+        kind (the position terms are then computed once for the batch) or ``[B, Lt, C]`` when text and
+        code samples are mixed."""
+        text = self.embed_positions(torch.arange(tgt_len, device=device))[None]
 
         def image():
             ids = self.image_position_idx[:tgt_len]
-            return self.embed_image_positions(ids)[None].expand(bsz, -1, -1)
+            return self.embed_image_positions(ids)[None]
 
         raw = _per_sample(code_masks, image, lambda: text)
         normed = _per_sample(code_masks, lambda: self.image_pos_ln(raw), lambda: self.pos_ln(raw))
@@ -150,6 +152,8 @@ class OFADecoder(FairseqIncrementalDecoder):
         if enc_padding is not None and not bool(enc_padding.any()):
             enc_padding = None
         src_pos = encoder_out["position_embeddings"][0]
+        if src_pos.size(0) > 1 and src_pos.stride(0) == 0:
+            src_pos = src_pos[:1]  # the encoder's shared positions (a broadcast view): compute their keys once
 
         incremental = incremental_state is not None
         cached = self._cached_len(incremental_state) if incremental else 0
@@ -160,7 +164,7 @@ class OFADecoder(FairseqIncrementalDecoder):
         h = self.num_heads
 
         def split(t: Tensor) -> Tensor:
-            return t.view(bsz, t.size(1), h, -1).transpose(1, 2)
+            return t.view(t.size(0), t.size(1), h, -1).transpose(1, 2)
 
         self_abs = split(self.self_pos_q_linear(pos_q)) * self.pos_scaling @ self._self_pos_k(pos, cached,
                                                                                              incremental_state)
@@ -238,10 +242,11 @@ class OFADecoder(FairseqIncrementalDecoder):
         return k
 
     def reorder_incremental_state(self, incremental_state: State, new_order: Tensor):
-        """Reorder the cached position keys with the beams (the attention caches reorder themselves)."""
+        """Reorder the cached position keys with the beams (the attention caches reorder themselves); keys
+        shared by every row (batch size 1) broadcast and stay as they are."""
         for name in ("self_pos_k", "cross_pos_k"):
             saved = self.get_incremental_state(incremental_state, name)
-            if saved is not None:
+            if saved is not None and saved["k"].size(0) > 1:
                 self.set_incremental_state(incremental_state, name, {"k": saved["k"].index_select(0, new_order)})
 
     def output_layer(self, features: Tensor) -> Tensor:

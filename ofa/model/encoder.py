@@ -18,6 +18,7 @@ import random
 from typing import Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
 from torch import Tensor, nn
 
@@ -85,7 +86,8 @@ class OFAEncoder(FairseqEncoder):
                 the backbone and the dummies get zero features (see the module docstring).
 
         Returns:
-            ``(features [B, N, C_img], position_ids [B, N])``.
+            ``(features [B, N, C_img], position_ids [1, N])``: one row shared by the batch (every image
+            of a batch has the same grid), or ``[B, N]`` when patches are sampled per sample.
         """
         real = None if patch_masks is None else patch_masks.bool()
         if real is not None and bool(real.any()) and not bool(real.all()):
@@ -96,14 +98,30 @@ class OFAEncoder(FairseqEncoder):
             feats = self.embed_images(patch_images)
         b, _, h, w = feats.shape
         feats = feats.flatten(2).transpose(1, 2)
-        pos_ids = patch_position_ids(h, w, self.image_bucket_size).to(feats.device).expand(b, h * w)
+        pos_ids = patch_position_ids(h, w, self.image_bucket_size).to(feats.device)[None]
         if sample_patch_num is not None and sample_patch_num < h * w:
             order = torch.tensor(
                 [random.sample(range(h * w), k=sample_patch_num) for _ in range(b)], device=feats.device
             )
             feats = feats.gather(1, order[:, :, None].expand(-1, -1, feats.size(2)))
-            pos_ids = pos_ids.gather(1, order)
+            pos_ids = pos_ids.expand(b, -1).gather(1, order)
         return feats, pos_ids
+
+    def _rel_bias(self, idx: int, token_buckets: Tensor, image_buckets: Optional[Tensor], num_patches: int) -> Tensor:
+        """Relative-position bias of layer ``idx`` over the whole sequence, ``[b, H, T, T]``.
+
+        ``b`` is 1 when every sample shares the patch grid (the table lookups are then done once for
+        the batch, not once per sample) and ``B`` with per-sample patch sampling. The image block gets
+        the 2-D buckets, the text block the 1-D buckets, the image<->text blocks zero.
+        """
+        text = self.token_rel_pos_table_list[idx].weight[token_buckets].permute(2, 0, 1)[None]  # [1, H, L, L]
+        if image_buckets is None:
+            return text
+        image = self.image_rel_pos_table_list[idx].weight[image_buckets].permute(0, 3, 1, 2)  # [b, H, N, N]
+        text = text.expand(image.size(0), -1, -1, -1)
+        top = F.pad(image, (0, text.size(-1)))  # [b, H, N, T]
+        bottom = F.pad(text, (num_patches, 0))  # [b, H, L, T]
+        return torch.cat([top, bottom], dim=2)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -133,7 +151,7 @@ class OFAEncoder(FairseqEncoder):
         """
         bsz, text_len = src_tokens.shape
         x = self.embed_scale * self.embed_tokens(src_tokens)
-        text_pos = self.embed_positions(torch.arange(text_len, device=src_tokens.device))[None].expand(bsz, -1, -1)
+        text_pos = self.embed_positions(torch.arange(text_len, device=src_tokens.device))[None]  # [1, L, C]
         if self.cfg.entangle_position_embedding:
             x = x + text_pos
         if self.type_embedding is not None:
@@ -142,7 +160,7 @@ class OFAEncoder(FairseqEncoder):
             x = self.layernorm_embedding(x)
         x = self.dropout(x)
         padding_mask = src_tokens.eq(self.padding_idx)
-        pos = self.pos_ln(text_pos)
+        pos = self.pos_ln(text_pos)  # [1, L, C]: positions, hence their biases, are shared unless sampled
 
         num_patches = 0
         image_pos_ids = None
@@ -150,7 +168,7 @@ class OFAEncoder(FairseqEncoder):
             feats, image_pos_ids = self.embed_patches(patch_images, sample_patch_num, patch_masks)
             num_patches = feats.size(1)
             img = self.embed_scale * self.image_proj(feats)
-            image_pos = self.embed_image_positions(image_pos_ids)
+            image_pos = self.embed_image_positions(image_pos_ids)  # [1 or B, N, C]
             if self.cfg.entangle_position_embedding:
                 img = img + image_pos
             if self.type_embedding is not None:
@@ -163,17 +181,23 @@ class OFAEncoder(FairseqEncoder):
                 image_padding = image_padding | ~patch_masks.bool()[:, None]
             x = torch.cat([img, x], dim=1)
             padding_mask = torch.cat([image_padding, padding_mask], dim=1)
-            pos = torch.cat([self.image_pos_ln(image_pos), pos], dim=1)
+            image_pos = self.image_pos_ln(image_pos)
+            pos = torch.cat([image_pos, pos.expand(image_pos.size(0), -1, -1)], dim=1)
 
         has_pads = bool(padding_mask.any())
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
 
-        # absolute position bias [B, H, T, T], shared by every layer
+        # absolute position bias [b, H, T, T] (b = 1 unless patches are sampled), shared by every layer;
+        # key padding is folded in once here (-inf columns) instead of in every layer
         t = x.size(1)
-        q = self.pos_q_linear(pos).view(bsz, t, self.num_heads, -1).transpose(1, 2) * self.pos_scaling
-        k = self.pos_k_linear(pos).view(bsz, t, self.num_heads, -1).transpose(1, 2)
+        pb = pos.size(0)
+        q = self.pos_q_linear(pos).view(pb, t, self.num_heads, -1).transpose(1, 2) * self.pos_scaling
+        k = self.pos_k_linear(pos).view(pb, t, self.num_heads, -1).transpose(1, 2)
         abs_bias = q @ k.transpose(2, 3)
+        if has_pads:
+            pad = torch.zeros(padding_mask.shape, dtype=abs_bias.dtype, device=abs_bias.device)
+            abs_bias = abs_bias + pad.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
 
         token_buckets = self.token_rp_bucket[:text_len, :text_len]
         image_buckets = None
@@ -181,15 +205,9 @@ class OFAEncoder(FairseqEncoder):
             image_buckets = self.image_rp_bucket[image_pos_ids[:, :, None], image_pos_ids[:, None, :]]
 
         states = [x.transpose(0, 1)] if return_all_hiddens else []
-        key_padding = padding_mask if has_pads else None
         for idx, layer in enumerate(self.layers):
-            bias = abs_bias.clone()
-            token_rel = self.token_rel_pos_table_list[idx].weight[token_buckets]  # [L, L, H]
-            bias[:, :, num_patches:, num_patches:] += token_rel.permute(2, 0, 1)[None]
-            if image_buckets is not None:
-                image_rel = self.image_rel_pos_table_list[idx].weight[image_buckets]  # [B, N, N, H]
-                bias[:, :, :num_patches, :num_patches] += image_rel.permute(0, 3, 1, 2)
-            x = layer(x, key_padding, bias)
+            bias = abs_bias + self._rel_bias(idx, token_buckets, image_buckets, num_patches)
+            x = layer(x, None, bias)
             if return_all_hiddens:
                 states.append(x.transpose(0, 1))
 
@@ -202,7 +220,7 @@ class OFAEncoder(FairseqEncoder):
             "encoder_states": states,
             "src_tokens": [],
             "src_lengths": [],
-            "position_embeddings": [pos],  # B x T x C
+            "position_embeddings": [pos.expand(bsz, -1, -1)],  # B x T x C (a broadcast view when shared)
         }
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):

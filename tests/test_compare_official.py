@@ -1,0 +1,104 @@
+"""bench/compare_official.py: the speed comparison with the official OFA code.
+
+The full run needs a checkout of OFA-Sys/OFA named by ``OFA_OFFICIAL_CHECKOUT`` (and ../shared/ofa_bpe); it
+is skipped without one. The one-line errors for a missing or wrong checkout and a missing BPE folder need
+neither and always run. The script is loaded from its file (``bench`` is not a package).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "compare_official.py"
+OFFICIAL = os.environ.get("OFA_OFFICIAL_CHECKOUT")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    name = "compare_official_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("compare_official: error: "), lines
+    return lines[0]
+
+
+def test_a_missing_official_checkout_is_one_line_and_exit_status_2(bench, tmp_path, capsys):
+    status = bench.main(["--official", str(tmp_path / "no_such_checkout"), "--bpe-dir", str(tmp_path)])
+    assert status == 2
+    line = _one_error_line(capsys)
+    assert "official OFA checkout not found" in line and "no_such_checkout" in line
+
+
+def test_no_official_checkout_given_is_one_line(bench, monkeypatch, capsys):
+    monkeypatch.delenv("OFA_OFFICIAL_CHECKOUT", raising=False)
+    assert bench.main([]) == 2
+    assert "pass --official PATH" in _one_error_line(capsys)
+
+
+def test_a_folder_that_is_not_an_ofa_checkout_and_a_missing_bpe_folder_are_one_line(bench, tmp_path, capsys):
+    assert bench.main(["--official", str(tmp_path), "--bpe-dir", str(tmp_path)]) == 2
+    assert "is not an OFA checkout" in _one_error_line(capsys)
+    fake = tmp_path / "checkout"
+    (fake / "models" / "ofa").mkdir(parents=True)
+    (fake / "models" / "ofa" / "unify_transformer.py").write_text("")
+    assert bench.main(["--official", str(fake), "--bpe-dir", str(tmp_path / "no_bpe")]) == 2
+    assert "BPE folder not found" in _one_error_line(capsys)
+    assert bench.main(["--official", str(fake), "--bpe-dir", str(tmp_path), "--parts", "trian"]) == 2
+    assert "did you mean train" in _one_error_line(capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OFFICIAL, reason="set OFA_OFFICIAL_CHECKOUT to a checkout of OFA-Sys/OFA")
+def test_quick_run_agrees_with_the_official_code_and_times_every_part(bench, bpe_dir, tmp_path):
+    import fairseq.models
+
+    registry_before = (fairseq.models.MODEL_REGISTRY.get("ofa"), fairseq.models.ARCH_MODEL_REGISTRY.get("ofa_tiny"))
+    modules_before = {k: sys.modules.get(k) for k in ("data", "models", "utils")}
+    threads = torch.get_num_threads()
+    out = tmp_path / "compare.json"
+    try:
+        status = bench.main(["--official", OFFICIAL, "--bpe-dir", bpe_dir, "--arch", "ofa_tiny", "--quick",
+                             "--parts", "train,eval,beam,trie", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    result = json.loads(out.read_text())
+
+    agreement = result["agreement"]
+    assert agreement["ok"] and agreement["derived_buffers_equal"]
+    assert agreement["logits_max_abs_diff"] <= 1e-4
+    assert agreement["beam_tokens_equal"] and agreement["trie_tokens_equal"]
+    assert agreement["trie_answers_in_trie"]
+    assert agreement["beam_tokens_per_sample"] == [result["config"]["tgt_len"]] * result["config"]["batch_size"]
+    assert not agreement["arch_mismatches"]
+
+    assert set(result["parts"]) == {"train", "eval", "beam", "trie"}
+    for part in result["parts"].values():
+        for side in ("official", "project"):
+            assert part[side]["median_s"] > 0 and part[side]["rate_median"] > 0
+        assert part["ratio_project_over_official"] > 0
+    train = result["parts"]["train"]
+    assert train["project_step_gflop"] > 0 and train["first_loss_abs_diff"] < 1e-3 * train["first_loss"]["project"]
+
+    env = result["environment"]
+    assert env["official_commit"] and env["threads"] == 2 and env["torch"] == torch.__version__
+    # the official import left no trace: the project's registrations and the top-level names are as before
+    assert (fairseq.models.MODEL_REGISTRY.get("ofa"), fairseq.models.ARCH_MODEL_REGISTRY.get("ofa_tiny")) == \
+        registry_before
+    assert {k: sys.modules.get(k) for k in ("data", "models", "utils")} == modules_before

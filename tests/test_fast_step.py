@@ -1,0 +1,153 @@
+"""The cheaper training step gives the same numbers: closed-set constraint masks (one trie walk as deep as the
+trie, a cached table of allowed tokens) equal the per-position ``TrieConstraint`` walk, and fairseq's Adam and
+gradient clipping over lists of tensors (``ofa.cli.fast_step``) give bit-identical weights on the CPU."""
+from __future__ import annotations
+
+import inspect
+import random
+
+import pytest
+import torch
+from fairseq.data import Dictionary, data_utils
+
+import ofa.tasks.closed_set as closed_set
+from ofa.cli import fast_step
+
+
+# ------------------------------------------------------------------------------------- constraint masks
+class _WordTokenizer:
+    """Just enough of a tokenizer for ``AnswerSet``: one dictionary symbol per word."""
+
+    def __init__(self, dictionary):
+        self.dictionary = dictionary
+
+    def encode(self, text):
+        return torch.tensor([self.dictionary.index(w) for w in text.split()])
+
+
+@pytest.fixture(scope="module")
+def answer_set():
+    d = Dictionary()
+    for i in range(30):
+        d.add_symbol(f"w{i}")
+    answers = ["w1", "w1 w2", "w1 w3 w4", "w5", "w6 w7", "w6 w7 w8 w9"]  # shared prefixes, different depths
+    return closed_set.AnswerSet(answers, _WordTokenizer(d))
+
+
+def per_position_masks(aset, prev, prompt_lens):
+    """The masks as they were built before: ``TrieConstraint.allowed`` of every prefix."""
+    b, t = prev.shape
+    masks = torch.ones(b, t, aset.vocab_size, dtype=torch.bool)
+    for j in range(t):
+        masks[:, j] = aset.constraint.allowed(prev[:, : j + 1], prompt_lens - 1, aset.vocab_size)
+    return masks
+
+
+def random_batch(aset, rng):
+    """Rows of prompt + answer (a candidate, its prefix, or tokens off the trie), some with tokens after eos;
+    prompt lengths as given, 0, or past the row's end."""
+    bos, eos, pad = aset.bos, aset.eos, aset.pad
+    rows, lens = [], []
+    for _ in range(rng.randint(1, 6)):
+        prompt = [bos if rng.random() < 0.9 else rng.randint(4, 33)] + [rng.randint(4, 33) for _ in range(rng.randint(0, 5))]
+        answer = aset.tokens[rng.randrange(len(aset))].tolist()
+        if rng.random() < 0.2:
+            answer = [rng.randint(4, 33) for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.1:
+            answer = answer + [eos, 5, 6]
+        rows.append(torch.tensor(prompt + answer))
+        lens.append(rng.choice([len(prompt)] * 8 + [0, len(prompt) + len(answer), len(prompt) + len(answer) + 3]))
+    return data_utils.collate_tokens(rows, pad), torch.tensor(lens)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_constraint_masks_equal_the_per_position_trie_walk(answer_set, dense, monkeypatch):
+    if not dense:  # a trie too large for the cached table: the compiled trie's allowed_mask instead
+        monkeypatch.setattr(closed_set, "DENSE_TABLE_LIMIT", 0)
+    rng = random.Random(0)
+    for _ in range(150):
+        prev, lens = random_batch(answer_set, rng)
+        assert torch.equal(answer_set.constraint_masks(prev, lens), per_position_masks(answer_set, prev, lens))
+
+
+def test_constraint_masks_walk_only_as_deep_as_the_trie(answer_set):
+    """A long prompt costs no more trie steps: the walk covers the tokens after each row's own prompt."""
+    table = answer_set.trie.compile("cpu")
+    calls = []
+    original = table.step
+
+    def counting(nodes, tokens):
+        calls.append(1)
+        return original(nodes, tokens)
+
+    table.step = counting
+    try:
+        prompt = torch.tensor([answer_set.bos] + [7] * 60)
+        prev = torch.stack([torch.cat([prompt, answer_set.tokens[i]]) for i in (1, 4)])
+        masks = answer_set.constraint_masks(prev, torch.tensor([61, 61]))
+    finally:
+        del table.step
+    assert len(calls) == answer_set.depth + 1
+    assert torch.equal(masks, per_position_masks(answer_set, prev, torch.tensor([61, 61])))
+
+
+# ------------------------------------------------------------------------------------- Adam and clipping
+def _fairseq_originals():
+    from fairseq import utils as fairseq_utils
+    from fairseq.optim.adam import Adam
+
+    fast_step.install()
+    return Adam, inspect.unwrap(Adam.step), inspect.unwrap(fairseq_utils.clip_grad_norm_), fairseq_utils.clip_grad_norm_
+
+
+def _train(step, clip, weight_decay, steps=5, amsgrad=False, dtype=torch.float32):
+    """Weights, grad norms and optimizer state after ``steps`` of random gradients (one missing once)."""
+    Adam = _fairseq_originals()[0]
+    g = torch.Generator().manual_seed(1)
+    shapes = [(7, 5), (5,), (3, 4, 2), (1,), (64, 33)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
+    opt = Adam([{"params": params[:3]}, {"params": params[3:], "lr": 3e-3}], lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+               weight_decay=weight_decay, amsgrad=amsgrad)
+    norms = []
+    for k in range(steps):
+        for i, p in enumerate(params):
+            p.grad = None if (k == 1 and i == 2) else (torch.randn(p.shape, generator=g) * 3).to(dtype)
+        norms.append(clip(params, 1.0))
+        step(opt)
+    return [p.detach().clone() for p in params], norms, opt.state_dict()["state"]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_foreach_adam_and_clipping_give_fairseqs_numbers_bit_for_bit(weight_decay):
+    Adam, original_step, original_clip, patched_clip = _fairseq_originals()
+    ref = _train(original_step, original_clip, weight_decay)
+    new = _train(lambda opt: opt.step(), patched_clip, weight_decay)
+    assert all(torch.equal(a, b) for a, b in zip(ref[0], new[0]))
+    assert all(torch.equal(a, b) for a, b in zip(ref[1], new[1]))
+    assert ref[2].keys() == new[2].keys()
+    for key, state in ref[2].items():  # fairseq's state layout: an int step count and the two moments
+        assert state["step"] == new[2][key]["step"] and isinstance(new[2][key]["step"], int)
+        assert torch.equal(state["exp_avg"], new[2][key]["exp_avg"])
+        assert torch.equal(state["exp_avg_sq"], new[2][key]["exp_avg_sq"])
+
+
+def test_foreach_adam_chunks_and_fallbacks_change_nothing(monkeypatch):
+    Adam, original_step, original_clip, patched_clip = _fairseq_originals()
+    ref = _train(original_step, original_clip, 0.01)
+    monkeypatch.setattr(fast_step, "CHUNK_ELEMENTS", 8)  # many foreach calls per group
+    assert all(torch.equal(a, b) for a, b in zip(ref[0], _train(lambda o: o.step(), patched_clip, 0.01)[0]))
+    # amsgrad and half precision are fairseq's own loop
+    for kwargs in ({"amsgrad": True}, {"dtype": torch.bfloat16}):
+        ref = _train(original_step, original_clip, 0.01, **kwargs)
+        new = _train(lambda o: o.step(), patched_clip, 0.01, **kwargs)
+        assert all(torch.equal(a, b) for a, b in zip(ref[0], new[0]))
+
+
+def test_install_is_idempotent():
+    from fairseq import utils as fairseq_utils
+    from fairseq.optim.adam import Adam
+
+    fast_step.install()
+    step, clip = Adam.step, fairseq_utils.clip_grad_norm_
+    fast_step.install()
+    assert Adam.step is step and fairseq_utils.clip_grad_norm_ is clip
