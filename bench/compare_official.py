@@ -46,7 +46,7 @@ Run from the repository root (a checkout of OFA-Sys/OFA, e.g. ``git clone https:
     .venv/bin/python bench/compare_official.py --official PATH/TO/OFA --parts none     # agreement only
 
 Defaults: ``--arch ofa_tiny``, ``--threads 2`` (CPU), batch 8, 256 px images, 12 source and 16 target
-tokens, 5 repeats, every part. ``--bpe-dir`` defaults to ``$OFA_BPE_DIR``, else ``../shared/ofa_bpe``.
+tokens, 5 repeats, every part. ``--bpe-dir`` (the GPT-2 BPE folder with ``dict.txt``) defaults to ``$OFA_BPE_DIR``.
 ``--out FILE.json`` writes the environment (torch, device, threads, official commit), the config, the
 agreement numbers and every part's timings.
 """
@@ -78,7 +78,6 @@ from ofa.generate import SequenceGenerator, Trie
 from ofa.model.config import ARCHS
 
 PROG = "compare_official"
-REPO = Path(__file__).resolve().parents[1]
 PARTS = ("train", "eval", "beam", "trie")
 OFFICIAL_ARCHS = ("ofa_tiny", "ofa_medium", "ofa_base", "ofa_large", "ofa_huge")
 TEXT_IDS = (4, 50000)  # random tokens are drawn from the BPE text range [lo, hi)
@@ -125,10 +124,7 @@ class BenchConfig:
 
 # ---------------------------------------------------------------------------- options
 def default_bpe_dir() -> Optional[str]:
-    if os.environ.get("OFA_BPE_DIR"):
-        return os.environ["OFA_BPE_DIR"]
-    shared = REPO.parent / "shared" / "ofa_bpe"
-    return str(shared) if shared.is_dir() else None
+    return os.environ.get("OFA_BPE_DIR") or None
 
 
 def parse_args(argv: Sequence[str]) -> BenchConfig:
@@ -136,7 +132,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     p.add_argument("--official", default=os.environ.get("OFA_OFFICIAL_CHECKOUT"),
                    help="checkout of OFA-Sys/OFA (default $OFA_OFFICIAL_CHECKOUT)")
     p.add_argument("--bpe-dir", default=default_bpe_dir(),
-                   help="GPT-2 BPE folder with dict.txt (default $OFA_BPE_DIR, else ../shared/ofa_bpe)")
+                   help="GPT-2 BPE folder with dict.txt (default $OFA_BPE_DIR)")
     p.add_argument("--arch", default="ofa_tiny", help=f"one of {', '.join(OFFICIAL_ARCHS)}")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--bf16", action="store_true", help="time under torch.autocast(bfloat16) (CUDA only)")
