@@ -57,7 +57,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import math
 import os
 import platform
 import random
@@ -76,6 +75,7 @@ from ofa.console import run_cli
 from ofa.errors import ConfigError, unknown_name
 from ofa.generate import SequenceGenerator, Trie
 from ofa.model.config import ARCHS
+from ofa.model.init import seeded_weights
 
 PROG = "compare_official"
 PARTS = ("train", "eval", "beam", "trie")
@@ -193,29 +193,6 @@ def check_config(cfg: BenchConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- weights and inputs
-def fill_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Seeded weights, independent of module init: parameters in sorted-name order from one generator;
-    1-D gains ``1 + 0.1 N``, biases ``0.1 N``, relative-position tables ``0.2 N``, other tensors
-    ``N / sqrt(fan_in)``; BatchNorm running means ``0.1 N`` and variances ``U(0.5, 1.5)``."""
-    g = torch.Generator().manual_seed(seed)
-    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    with torch.no_grad():
-        for name in sorted(params):
-            p = params[name]
-            noise = torch.randn(p.shape, generator=g)
-            if p.dim() == 1:
-                value = (0.0 if name.endswith(".bias") else 1.0) + 0.1 * noise
-            elif "rel_pos_table" in name:
-                value = 0.2 * noise
-            else:
-                value = noise / math.sqrt(p[0].numel())
-            p.copy_(value.to(p.dtype))
-        for name in sorted(buffers):
-            if name.endswith("running_mean"):
-                buffers[name].copy_(0.1 * torch.randn(buffers[name].shape, generator=g))
-            elif name.endswith("running_var"):
-                buffers[name].copy_(0.5 + torch.rand(buffers[name].shape, generator=g))
-    return model
 
 
 @dataclass
@@ -308,7 +285,7 @@ def build_sides(cfg: BenchConfig) -> Tuple[Side, Side, Any, Dict[str, Any]]:
     code = official_model.load_official(cfg.official)
     torch.manual_seed(cfg.seed)
     project, dictionary = build_model_for_arch(cfg.arch, bpe_dir=cfg.bpe_dir)
-    fill_weights(project, cfg.seed).eval()
+    seeded_weights(project, cfg.seed).eval()
     with warnings.catch_warnings():  # the official position tables call torch.meshgrid without indexing=
         warnings.filterwarnings("ignore", message=".*torch.meshgrid.*", category=UserWarning)
         official, report = official_model.build_official_model(project, dictionary, cfg.arch, code,

@@ -17,7 +17,7 @@ and ``utils/trie.py`` (@ 584e0948) were transcribed to a throw-away folder outsi
 only trimmed of unused code paths (argument parsing, prompt tuning, adapters, state-dict upgrades,
 alignment) and imports, and run with fairseq 0.12.3.1 / torch 2.14 on CPU in fp32. A script then,
 for every configuration below: built THIS project's ``OFAModel.from_config`` with the stored config,
-filled it with ``fill_weights(model, seed)`` (defined here), built the official ``TransformerModel``
+filled it with ``ofa.model.init.seeded_weights(model, seed)``, built the official ``TransformerModel``
 (``build_model`` -> ``build_encoder``/``build_decoder``) from the same values as an argparse
 Namespace, checked that the derived buffers (``*_rp_bucket``, ``image_position_idx``) are equal,
 loaded our state dict into it (only the official ``version`` buffers missing), ran the official
@@ -38,46 +38,15 @@ shapes do.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from ofa.model.init import seeded_weights
+
 DATA = Path(__file__).resolve().parent / "data" / "official_oracle.pt"
 
-
-def fill_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Deterministic, init-independent weights: every parameter and BN statistic is random.
-
-    Parameters are visited in sorted-name order from one seeded generator. 1-D gains (LayerNorm /
-    BatchNorm weights, head scales, residual scales) are ``1 + 0.1 N``, biases ``0.1 N``, matrices
-    and kernels ``N / sqrt(fan_in)`` (with these BN statistics a random ResNet-101 stays finite and
-    its features depend clearly on the image), relative-position tables ``0.2 N``. BN running means
-    ``0.1 N``, running variances ``U(0.5, 1.5)``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    with torch.no_grad():
-        for name in sorted(params):
-            p = params[name]
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            if p.dim() == 1:
-                base = 0.0 if name.endswith(".bias") else 1.0
-                value = base + 0.1 * noise
-            elif "rel_pos_table" in name:
-                value = 0.2 * noise
-            else:
-                value = noise / math.sqrt(p[0].numel())
-            p.copy_(value.to(p.dtype))
-        for name in sorted(buffers):
-            b = buffers[name]
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +72,7 @@ def _model(rec, dictionary):
 
     if rec["name"] not in _MODELS:
         model = OFAModel.from_config(OFAModelConfig(**rec["cfg"]), dictionary)
-        _MODELS[rec["name"]] = fill_weights(model, rec["seed"]).eval()
+        _MODELS[rec["name"]] = seeded_weights(model, rec["seed"]).eval()
     return _MODELS[rec["name"]]
 
 

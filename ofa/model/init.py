@@ -12,8 +12,10 @@ relative-position tables keep 0.02.
 """
 from __future__ import annotations
 
+import math
 import re
 
+import torch
 from torch import nn
 
 OFFICIAL_INIT_STD = 0.02
@@ -52,3 +54,37 @@ def init_layer_weights(model: nn.Module, std: float) -> int:
     for name in names:
         modules[name].weight.data.normal_(mean=0.0, std=std)
     return len(names)
+
+
+def seeded_weights(model: nn.Module, seed: int) -> nn.Module:
+    """Deterministic weights independent of module init and registration order, for parity checks and
+    benchmarks (tests/test_official_oracle.py's stored official outputs were computed with them).
+
+    Parameters are visited in sorted-name order from one seeded generator. 1-D gains (LayerNorm /
+    BatchNorm weights, head scales, residual scales) are ``1 + 0.1 N``, biases ``0.1 N``, matrices
+    and kernels ``N / sqrt(fan_in)`` (with these BN statistics a random ResNet-101 stays finite and
+    its features depend clearly on the image), relative-position tables ``0.2 N``. BN running means
+    ``0.1 N``, running variances ``U(0.5, 1.5)``. Returns ``model``, filled in place.
+    """
+    g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name in sorted(params):
+            p = params[name]
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if p.dim() == 1:
+                base = 0.0 if name.endswith(".bias") else 1.0
+                value = base + 0.1 * noise
+            elif "rel_pos_table" in name:
+                value = 0.2 * noise
+            else:
+                value = noise / math.sqrt(p[0].numel())
+            p.copy_(value.to(p.dtype))
+        for name in sorted(buffers):
+            b = buffers[name]
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return model
