@@ -14,7 +14,7 @@ setup(
     description="OFA (One For All) unified vision-language seq2seq model as a fairseq plugin",
     python_requires=">=3.9",
     packages=["ofa", "ofa.model", "ofa.generate", "ofa.cli", "ofa.metrics", "ofa.vqgan", "ofa.tasks", "ofa.criterions",
-              "ofa.data_utils", "ofa.data_utils.converters", "ofa_synth"],
+              "ofa.data_utils", "ofa.data_utils.converters", "ofa.export", "ofa_runtime", "ofa_synth"],
     package_dir={"ofa.tasks": "tasks", "ofa.criterions": "criterions", "ofa.data_utils": "data_utils"},
     install_requires=[
         # pip takes torch 2.14.1 / torchvision 0.29.1 from local disk here; newer pairs also work
@@ -38,7 +38,11 @@ setup(
     ],
     extras_require={
         "synth": ["matplotlib>=3.5"],  # the main job's figures (learning curves, predictions on test images)
-        "test": ["pytest>=7", "rouge-score>=0.1.2"],  # rouge-score: the ROUGE parity test
+        # ofa-export onnx and the torch-free runtime (ofa_runtime; regex: its GPT-2 BPE)
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17", "regex"],
+        "peft": ["peft>=0.11"],  # ofa-train --lora-rank
+        # rouge-score: the ROUGE parity test; onnx/onnxruntime/peft: the export and LoRA tests
+        "test": ["pytest>=7", "rouge-score>=0.1.2", "onnx>=1.16", "onnxruntime>=1.17", "peft>=0.11"],
     },
     entry_points={
         "console_scripts": [
@@ -48,6 +52,7 @@ setup(
             "ofa-evaluate=ofa.cli.evaluate:main",
             "ofa-checkpoints=ofa.hub:main",
             "ofa-predict=ofa.cli.predict:main",
+            "ofa-export=ofa.cli.export:main",
             "ofa-vqgan=ofa.vqgan.cli:main",
             "ofa-synth=ofa_synth.cli:main",
         ]

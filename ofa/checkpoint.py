@@ -11,7 +11,12 @@
   architecture is read off the tensor shapes (``infer_config``).
 - ``export_safetensors(model, tokenizer_dir, out_dir)`` writes ``model.safetensors`` +
   ``config.json`` + the tokenizer files; ``load_model(out_dir)`` reads it back.
-- ``save_checkpoint`` writes this project's fairseq-format file. Every write goes to a temporary
+- LoRA: a checkpoint whose state dict holds peft adapters (``--lora-rank``) is merged on load,
+  ``W + (B @ A) * alpha / rank`` (``ofa.model.finetune.merge_lora_state``), into a plain model whose config has
+  ``lora_rank`` 0, so peft is not needed to load it; ``export_safetensors`` writes the merged weights.
+  The merge uses the checkpoint's own rank and alpha; ``overrides={"lora_rank": R}`` adds fresh adapters of rank R
+  over the (merged or plain) weights.
+- ``save_checkpoint`` writes this project's fairseq-format file (adapters unmerged). Every write goes to a temporary
   file first and is renamed into place, so a failed save never replaces a good file.
 - A checkpoint's configs are input: every model and task value is checked against its type and range
   (``ofa.model.config.check_model_config``, ``ofa.config_checks``) before the tokenizer or the model is
@@ -40,6 +45,7 @@ from ofa.config_checks import (check_saved_task_values, check_values, reject_unk
 from ofa.errors import UserError
 from ofa.io_utils import atomic_output, write_atomic
 from ofa.model.config import MODEL_LIMITS, OFAModelConfig, check_model_config, config_for_arch
+from ofa.model.finetune import adapt_plain_state, has_adapters, lora_scale, merge_lora_state, merge_model_state
 from ofa.model.ofa_model import OFAModel
 from ofa.model.resnet import RESNET_LAYERS
 from ofa.tokenizer import load_tokenizer
@@ -76,6 +82,11 @@ def safe_load(path: str) -> Any:
         with gzip.open(path, "rb") as f:
             source = io.BytesIO(f.read())
     try:
+        # leaving a ``safe_globals`` block removes its globals even when ``setup`` had added them for good (torch
+        # 2.14), which broke fairseq's own loads later in a training process: use the block only when needed
+        allowed = set(map(id, torch.serialization.get_safe_globals()))
+        if all(id(g) in allowed for g in SAFE_GLOBALS):
+            return torch.load(source, map_location="cpu", weights_only=True)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError (or RuntimeError on older versions)
@@ -405,7 +416,9 @@ def load_model(path: str, bpe_dir: Optional[str] = None, ema: bool = False,
                 raise CheckpointError(f"{path}: ema=True but the checkpoint carries no EMA weights")
             state, used_ema = extra["ema"], True
         if model_cfg is not None:
-            config = _model_config(_config_values(model_cfg), overrides, where=path)
+            saved = _config_values(model_cfg)
+            config = _model_config(saved, overrides, where=path)
+            state, config = _merge_adapters(state, saved, config, overrides, path)
         else:
             config = _with_overrides(infer_config(state, source=path), overrides, path)
     else:
@@ -413,6 +426,23 @@ def load_model(path: str, bpe_dir: Optional[str] = None, ema: bool = False,
         config = _with_overrides(infer_config(state, source=path), overrides, path)
     check_saved_task_values(task_cfg, where=path)
     return _build(config, state, task_cfg, bpe_dir, path, fmt, used_ema)
+
+
+def _merge_adapters(state: Dict[str, torch.Tensor], saved: Dict[str, Any], config: OFAModelConfig,
+                    overrides: Dict[str, Any], path: str) -> Tuple[Dict[str, torch.Tensor], OFAModelConfig]:
+    """``(state, config)`` with the LoRA adapters of ``state`` (if any) folded into its weights at the scale of the
+    checkpoint's own ``saved`` config (``lora_alpha / lora_rank``, whatever ``overrides`` say); the config's
+    ``lora_rank`` becomes 0 (a plain model), or the override's rank (fresh adapters over the merged weights)."""
+    if not has_adapters(state):
+        return state, config
+    rank, alpha = saved.get("lora_rank") or 0, saved.get("lora_alpha") or 0.0
+    if rank <= 0:
+        raise CheckpointError(f"{path}: the weights hold LoRA adapters but the model config has no lora_rank")
+    try:
+        state = merge_lora_state(state, lora_scale(rank, alpha))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return state, dataclasses.replace(config, lora_rank=overrides.get("lora_rank", 0))
 
 
 def _with_overrides(config: OFAModelConfig, overrides: Dict[str, Any], where: str) -> OFAModelConfig:
@@ -424,7 +454,9 @@ def _with_overrides(config: OFAModelConfig, overrides: Dict[str, Any], where: st
 
 def _build(config: OFAModelConfig, state: Dict[str, torch.Tensor], task_cfg: Dict[str, Any],
            bpe_dir: Optional[str], path: str, fmt: str, used_ema: bool = False, own: Optional[str] = None):
-    """Tokenizer, then the model (its embedding must match the dictionary), then the weights."""
+    """Tokenizer, then the model (its embedding must match the dictionary), then the weights (``state`` plain:
+    ``_merge_adapters`` came first); a ``lora_rank`` in ``config`` (an override) builds a LoRA model with fresh
+    adapters over the weights."""
     tokenizer, folder = _resolve_tokenizer(bpe_dir, task_cfg, path, own)
     dictionary = tokenizer.dictionary
     if "encoder.embed_tokens.weight" not in state:
@@ -435,6 +467,8 @@ def _build(config: OFAModelConfig, state: Dict[str, torch.Tensor], task_cfg: Dic
         raise CheckpointError(f"{path}: the checkpoint has {vocab_rows} embedding rows but the dictionary "
                               f"has {len(dictionary)} entries; wrong bpe_dir or num_bins/code_dict_size?")
     model = OFAModel.from_config(config, dictionary)
+    if config.lora_rank > 0:
+        state = adapt_plain_state(state, model.state_dict())
     load_state_strict(model, state, source=path)
     model.eval()
     vocab = tokenizer.vocab
@@ -479,15 +513,17 @@ TOKENIZER_FILES = ("encoder.json", "vocab.bpe", "dict.txt", "spm.model")
 
 def export_safetensors(model: OFAModel, tokenizer_dir: str, out_dir: str,
                        task_cfg: Optional[Dict[str, Any]] = None) -> str:
-    """Write ``model.safetensors`` (tied and derived tensors left out), ``config.json`` and the tokenizer files."""
+    """Write ``model.safetensors`` (tied and derived tensors left out), ``config.json`` and the tokenizer files.
+    LoRA adapters are merged into the weights (the export is a plain model, ``lora_rank`` 0)."""
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
+    state, model_cfg = merge_model_state(model)
     tensors = {
-        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        k: v.detach().cpu().contiguous() for k, v in state.items()
         if not _is_derived(k) and k not in TIED_KEYS
     }
-    config = {"format": "ofa-safetensors", "version": 1, "model": dataclasses.asdict(model.cfg),
+    config = {"format": "ofa-safetensors", "version": 1, "model": dataclasses.asdict(model_cfg),
               "task": dict(task_cfg or {})}
     with atomic_output(os.path.join(out_dir, EXPORT_WEIGHTS)) as tmp:
         save_file(tensors, tmp)
@@ -533,7 +569,8 @@ def _load_export(path: str, bpe_dir: Optional[str], overrides: Dict[str, Any]):
         raise CheckpointError(f"{path} is not an OFA export: expected {EXPORT_CONFIG} and {EXPORT_WEIGHTS}")
     config = read_export_config(cfg_path)
     model_cfg = _model_config(config["model"], overrides, where=cfg_path)
-    model, dictionary, info = _build(model_cfg, load_file(weights), config.get("task", {}), bpe_dir, weights,
+    state, model_cfg = _merge_adapters(load_file(weights), config["model"], model_cfg, overrides, weights)
+    model, dictionary, info = _build(model_cfg, state, config.get("task", {}), bpe_dir, weights,
                                      "safetensors", own=path)  # the export carries its own tokenizer
     info.path = path
     return model, dictionary, info

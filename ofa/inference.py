@@ -620,6 +620,9 @@ class InferenceSpec:
         aliases: other names ``task=`` accepts (lower case, ``_`` for spaces and dashes).
         needs_image: False for tasks without an input image (``image_gen``).
         takes_premise: the dataset's ``add_caption`` follows whether ``caption=`` (a premise) was given.
+        answer_key: closed-set tasks: the result key of the chosen answer (``answer``, ``label``); ``None``
+            for generating tasks. Runners without the PyTorch model (``ofa-predict --onnx``) decode these by
+            trie-constrained beam search and report the answer under this key.
     """
 
     row: RowBuilder
@@ -630,6 +633,7 @@ class InferenceSpec:
     aliases: Tuple[str, ...] = ()
     needs_image: bool = True
     takes_premise: bool = False
+    answer_key: Optional[str] = None
 
 
 INFERENCE: Dict[str, InferenceSpec] = {}

@@ -304,4 +304,4 @@ def closed_set_inference(row: RowBuilder, answer_key: str = "answer", **spec_fie
     def text(r: Dict[str, Any]) -> str:
         return f"{r[answer_key]} (p={r['prob']:.3f})"
 
-    return InferenceSpec(row=row, predict=predict, lines=lines, text=text, **spec_fields)
+    return InferenceSpec(row=row, predict=predict, lines=lines, text=text, answer_key=answer_key, **spec_fields)

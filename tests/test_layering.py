@@ -5,6 +5,7 @@ functions alike), resolved to module names, and the rules the layout promises.
   ``ofa.criterions``, ``ofa.data_utils``) imports nothing of the embedded benchmark (``ofa_synth``), of
   ``experiments/``, ``scripts/`` or ``bench/``, and nothing under a second name (``tasks``, ``data_utils``).
 - Imports are absolute: no ``from .x import`` anywhere in the product or the benchmark.
+- The ONNX runtime (``ofa_runtime``) imports numpy and onnxruntime, never torch, fairseq or ``ofa``.
 - Data knows no loss (``ofa.data_utils`` -> ``ofa.criterions``), the model knows no task (``ofa.model`` ->
   ``ofa.tasks``), a criterion knows no task, one-image inference knows no task and no command line, and
   ``ofa.vqgan`` and ``ofa.data_utils`` depend on each other in one direction only.
@@ -24,7 +25,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # folder on disk -> the module name it is installed as
-PRODUCT_ROOTS = {"ofa": "ofa", "tasks": "ofa.tasks", "criterions": "ofa.criterions", "data_utils": "ofa.data_utils"}
+PRODUCT_ROOTS = {"ofa": "ofa", "tasks": "ofa.tasks", "criterions": "ofa.criterions", "data_utils": "ofa.data_utils",
+                 "ofa_runtime": "ofa_runtime"}
 BENCHMARK_ROOTS = {"ofa_synth": "ofa_synth"}
 OUTSIDE_THE_PRODUCT = ("ofa_synth", "experiments", "scripts", "bench", "tests")
 SECOND_NAMES = ("tasks", "criterions", "data_utils")  # only ever as ofa.tasks, ...
@@ -114,6 +116,13 @@ def test_the_product_imports_only_itself_under_one_name():
 def test_imports_are_absolute():
     bad = _violations(KNOWN, lambda n: n.startswith("."))
     assert not bad, f"relative imports: {bad}"
+
+
+def test_the_onnx_runtime_needs_no_torch():
+    bad = _violations({m: p for m, p in PRODUCT.items() if _under(m, ("ofa_runtime",))},
+                      lambda n: _under(n, ("torch", "fairseq", "ofa", "ofa.tasks", "ofa.data_utils")))
+    assert not bad, f"ofa_runtime imports torch, fairseq or ofa: {bad}"
+    assert "ofa_runtime.beam_search" in PRODUCT
 
 
 def test_the_benchmark_imports_the_product_but_no_experiment():

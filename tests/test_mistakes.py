@@ -313,6 +313,14 @@ CASES = [
          2, "beam_size"),
     Case("predict: checkpoint missing", "commands", "ofa-predict", lambda r: _predict(r, path=str(r / "nope.pt")),
          2, "nope.pt"),
+    Case("predict: --onnx names a folder that is not an export", "commands", "ofa-predict",
+         lambda r: ["--onnx", str(r / "bad"), "--image", str(r / "bad/image.png")], 2, "onnx_config.json"),
+    # ---- ofa-export
+    Case("export: checkpoint missing", "commands", "ofa-export", lambda r: ["onnx", str(r / "nope.pt"), str(r / "x")],
+         2, "nope.pt"),
+    Case("export: format typo", "commands", "ofa-export", lambda r: ["onx", ckpt(r), str(r / "x")], 2, "onx"),
+    Case("export: an unknown --set key", "commands", "ofa-export",
+         lambda r: ["onnx", ckpt(r), str(r / "x"), "--set", "beam_szie=3"], 2, "beam_size"),
     # ---- the other commands
     Case("data: command typo", "commands", "ofa-data", lambda r: ["validat", _bad("refcoco_bad_boxes.tsv")(r)],
          2, "did you mean validate"),
@@ -384,8 +392,13 @@ def _mains() -> Dict[str, Callable]:
     from ofa.vqgan.cli import main as vqgan
     from ofa_synth.cli import main as synth
 
-    return {"ofa-train": train, "ofa-evaluate": evaluate, "ofa-predict": predict, "ofa-data": data,
-            "ofa-checkpoints": checkpoints, "ofa-tokenizer": tokenizer, "ofa-vqgan": vqgan, "ofa-synth": synth}
+    mains = {"ofa-train": train, "ofa-evaluate": evaluate, "ofa-predict": predict, "ofa-data": data,
+             "ofa-checkpoints": checkpoints, "ofa-tokenizer": tokenizer, "ofa-vqgan": vqgan, "ofa-synth": synth}
+    try:
+        from ofa.cli.export import main as export
+    except ImportError:  # an older tree
+        return mains
+    return {**mains, "ofa-export": export}
 
 
 def _user_errors() -> tuple:

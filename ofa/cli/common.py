@@ -42,7 +42,8 @@ def setup() -> None:
     fairseq-written checkpoints hold ``argparse.Namespace`` configs and numpy scalars, which are
     allowlisted here. Nothing else is: arbitrary pickled objects are still refused. fairseq's training
     loop is patched for empty batches (``ofa.cli.empty_batches``) and its Adam step and gradient clipping
-    run over lists of tensors (``ofa.cli.fast_step``: the same numbers, far fewer ops per update).
+    run over lists of tensors (``ofa.cli.fast_step``: the same numbers, far fewer ops per update), and
+    ``--ddp-backend fully_sharded`` shards with torch's FSDP instead of fairscale's (``ofa.cli.sharded``).
     """
     import ofa  # noqa: F401  (registers models, tasks and criteria)
 
@@ -55,9 +56,11 @@ def setup() -> None:
     _progress_log_file_once()
     from ofa.cli.empty_batches import install as install_empty_batch_handling
     from ofa.cli.fast_step import install as install_fast_step
+    from ofa.cli.sharded import install as install_sharded
 
     install_empty_batch_handling()
     install_fast_step()
+    install_sharded()
 
 
 def import_user_dir(user_dir: Optional[str]) -> None:
@@ -140,7 +143,8 @@ def configure_distributed(cfg) -> None:
     """Fill the distributed config from torchrun's environment, including CPU-only (gloo) runs.
 
     fairseq's own inference divides by ``torch.cuda.device_count()`` and assumes NCCL; here the
-    device is ``LOCAL_RANK`` on GPUs, and CPU runs use gloo with fairseq's legacy DDP wrapper.
+    device is ``LOCAL_RANK`` on GPUs, and CPU runs use gloo with fairseq's legacy DDP wrapper (or, with
+    ``--ddp-backend fully_sharded``, torch's FSDP: ``ofa.cli.sharded``).
     """
     dt = cfg.distributed_training
     world = int(os.environ.get("WORLD_SIZE", "1"))

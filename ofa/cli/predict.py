@@ -4,6 +4,7 @@
                 [--batch-size N] [--bpe-dir D] [--ema] [--device cpu] [--draw OUT.png] [--json]
                 [--set KEY=VALUE ...] [--user-dir PLUGIN] [--local-files-only] [--verbose]
     ofa-predict --checkpoint CKPT --task image_gen --text CAPTION --vqgan-path VQGAN --out IMG.png
+    ofa-predict --onnx EXPORT_DIR --image IMG [...]      # an `ofa-export onnx` folder, run by onnxruntime
 
 Several images (``--image a.png b.png`` or ``--image`` repeated) run in batches of ``--batch-size`` and
 print one result each, in order (``--json``: one JSON list). ``--text`` and ``--caption`` apply to every
@@ -18,6 +19,10 @@ hypothesis (entailment). ``--set`` passes generation arguments (``beam_size=3``)
 prediction written on it (other tasks); with several images, ``OUT_1.png`` ... for the second and later.
 Every result prints ``logprob`` / ``prob``, the log-probability of the prediction and its exp (see
 ``ofa.inference``).
+
+``--onnx DIR`` runs an ``ofa-export onnx`` folder instead of a checkpoint: the same preprocessing and results,
+the beam search of ``ofa_runtime`` on onnxruntime (closed-set tasks decode by trie-constrained beam search;
+see ``ofa.export.predict``).
 
 A mistake in what was given (a missing image or checkpoint, an unknown task or option, a missing
 ``--text``) is one line ``ofa-predict: error: ...`` and exit status 2 (``ofa.cli.common.run_cli``).
@@ -63,7 +68,9 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ofa-predict", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", "--path", required=True, help="checkpoint path, URL or published name")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", "--path", help="checkpoint path, URL or published name")
+    which.add_argument("--onnx", metavar="EXPORT_DIR", help="an `ofa-export onnx` folder, run with onnxruntime")
     p.add_argument("--image", nargs="+", action="extend", default=[], metavar="IMG",
                    help="image file(s) (every task but image_gen); several run in batches")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
@@ -121,6 +128,12 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise ConfigError(f"--user-dir {args.user_dir}: no such folder")
     if args.draw and not args.image:
         raise ConfigError("--draw draws on the input image: give --image")
+    if args.onnx:
+        for option, given in (("--ema", args.ema), ("--device", args.device), ("--bpe-dir", args.bpe_dir),
+                              ("--vqgan-path", args.vqgan_path), ("--out", args.out)):
+            if given:
+                raise ConfigError(f"{option} does not apply to --onnx (the export holds its weights, tokenizer and "
+                                  f"settings, and runs on onnxruntime's CPU)")
 
 
 def predict_command(argv: Optional[Sequence[str]] = None) -> int:
@@ -140,9 +153,15 @@ def predict_command(argv: Optional[Sequence[str]] = None) -> int:
             overrides[key] = value
     several = len(args.image) > 1
     image = args.image if several else (args.image[0] if args.image else None)
-    results = inference_model(args.checkpoint, image, task=args.task, text=args.text, bpe_dir=args.bpe_dir,
-                              ema=args.ema, device=args.device, caption=args.caption, batch_size=args.batch_size,
-                              local_files_only=args.local_files_only, **overrides)
+    if args.onnx:
+        from ofa.export.predict import OnnxPredictor
+
+        results = OnnxPredictor(args.onnx).predict(image, text=args.text, task=args.task, caption=args.caption,
+                                                   batch_size=args.batch_size, **overrides)
+    else:
+        results = inference_model(args.checkpoint, image, task=args.task, text=args.text, bpe_dir=args.bpe_dir,
+                                  ema=args.ema, device=args.device, caption=args.caption, batch_size=args.batch_size,
+                                  local_files_only=args.local_files_only, **overrides)
     results = results if several else [results]
     drawn = []
     if args.draw and INFERENCE[results[0]["task"]].needs_image:

@@ -10,6 +10,8 @@ half-written checkpoint; ``--restore-file`` accepts official checkpoints. Re-run
 ``checkpoint_last.pt`` already reached ``--max-update`` / ``--max-epoch`` does nothing and says so.
 Mistakes (unknown task, missing data file or tokenizer folder, no batch size) end in one line
 ``ofa-train: error: ...`` with exit status 2; ``--verbose`` shows tracebacks and every log line.
+``--ddp-backend fully_sharded`` (with torchrun) shards the weights, gradients and optimizer state over the
+processes with torch's FSDP, on GPUs and CPUs alike, and still writes whole checkpoints (``ofa.cli.sharded``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import sys
 from typing import List, Optional
 
 from ofa.cli.common import check_task, configure_distributed, import_user_dir, run_cli, setup
+from ofa.cli.sharded import prepare as prepare_sharding
 from ofa.errors import ConfigError
 
 logger = logging.getLogger("ofa.train")
@@ -39,8 +42,11 @@ def finished_run(cfg) -> Optional[str]:
 
     from ofa.checkpoint import SAFE_GLOBALS
 
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    # added for good (as ``setup`` does), not with the ``safe_globals`` context: leaving it removes the globals
+    # again, also the ones ``setup`` had added, and fairseq's own load of this file (an --optimizer sgd run's
+    # config holds an argparse.Namespace) was then refused
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     history = state.get("optimizer_history") or [{}]
     updates = int(history[-1].get("num_updates", 0))
     epoch = int(((state.get("extra_state") or {}).get("train_iterator") or {}).get("epoch", 1))
@@ -91,6 +97,7 @@ def train(argv: List[str]) -> int:
     if cfg.common.log_file:  # fairseq opens it before it creates --save-dir: make its folder
         os.makedirs(os.path.dirname(os.path.abspath(cfg.common.log_file)), exist_ok=True)
     configure_distributed(cfg)
+    prepare_sharding(cfg, cfg.distributed_training.distributed_world_size)
     distributed_utils.call_main(cfg, train_main)
     return 0
 

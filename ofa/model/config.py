@@ -13,7 +13,7 @@ and every ``OFAModelConfig`` checks itself when constructed.
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from fairseq.dataclass import FairseqDataclass
 
@@ -80,6 +80,31 @@ class OFAModelConfig(FairseqDataclass):
     attention_impl: str = field(
         default="sdpa", metadata={"help": "attention kernel: sdpa (torch fused) or math (explicit softmax)"}
     )
+    # parameter-efficient finetuning and memory (project options; ofa.model.finetune applies them)
+    lora_rank: int = field(
+        default=0, metadata={"help": "LoRA adapters of this rank (through peft) on the layers' --lora-targets; "
+                             "only the adapters train. 0: off"},
+    )
+    lora_alpha: float = field(
+        default=0.0, metadata={"help": "LoRA scale numerator: the update is (alpha / rank) B A; 0: alpha = rank"},
+    )
+    lora_targets: str = field(
+        default="q,k,v,out,fc1,fc2",
+        metadata={"help": "comma list of the encoder and decoder layers' linear maps that get adapters: q, k, v, "
+                  "out (attention projections; self- and cross-attention), fc1, fc2 (FFN)"},
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA adapters' input"})
+    freeze: str = field(
+        default="",
+        metadata={"help": "comma list of parameter-name patterns to freeze, fnmatch style "
+                  "(encoder.embed_images.* is the ResNet, *embed_tokens* the embeddings) or re:REGEX; "
+                  "applied last, so it wins over --lora-rank and --bitfit"},
+    )
+    bitfit: bool = field(default=False, metadata={"help": "train only bias terms (with --lora-rank: and adapters)"})
+    checkpoint_activations: bool = field(
+        default=False, metadata={"help": "recompute each encoder and decoder layer in the backward pass instead "
+                                 "of keeping its activations (less memory, about a third more compute)"},
+    )
     # initialisation (a project option; it only matters when training from scratch)
     layer_init_std: float = field(
         default=0.02,
@@ -136,13 +161,54 @@ MODEL_LIMITS: Dict[str, Limit] = {
     "encoder_drop_path_rate": _RATE, "decoder_drop_path_rate": _RATE, "resnet_drop_path_rate": _RATE,
     "attention_impl": Limit(str, choices=("sdpa", "math")),
     "layer_init_std": Limit(float, None, 10),  # > 0 is checked where it is used (ofa.model.init)
+    "lora_rank": Limit(int, 0, 4096), "lora_alpha": Limit(float, 0, 1e6), "lora_dropout": _RATE,
+    "lora_targets": Limit(str),  # a comma list of LORA_TARGETS names (``check_model_config``)
+    "freeze": Limit(str),  # comma list of patterns; a bad re: pattern is refused by ``check_model_config``
     **{name: _FLAG for name in (
         "encoder_normalize_before", "decoder_normalize_before", "layernorm_embedding", "patch_layernorm_embedding",
         "code_layernorm_embedding", "add_type_embedding", "entangle_position_embedding", "disable_entangle",
         "scale_attn", "scale_fc", "scale_heads", "scale_resids", "share_all_embeddings",
         "share_decoder_input_output_embed", "no_scale_embedding", "freeze_resnet", "freeze_encoder_embedding",
-        "freeze_decoder_embedding")},
+        "freeze_decoder_embedding", "bitfit", "checkpoint_activations")},
 }
+
+# ``--lora-targets`` names -> the module names of the encoder and decoder layers they adapt
+LORA_TARGETS: Dict[str, str] = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "fc1",
+                                "fc2": "fc2"}
+
+
+def lora_target_names(text: str, where: str = "") -> List[str]:
+    """``"q,v,fc1"`` -> ``["q_proj", "v_proj", "fc1"]`` (``LORA_TARGETS``); ``where`` (`` in FILE``) ends the
+    subject of the message.
+
+    Raises:
+        ConfigError: an empty list or a name outside ``LORA_TARGETS``, in one line.
+    """
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in LORA_TARGETS]
+    if bad or not names:
+        raise ConfigError(f"model config 'lora_targets' = {text!r}{where}: "
+                          f"{'unknown target ' + repr(bad[0]) if bad else 'no target'}; "
+                          f"choose from {', '.join(LORA_TARGETS)}")
+    return [LORA_TARGETS[t] for t in dict.fromkeys(names)]
+
+
+def freeze_patterns(text: str, where: str = "") -> List[str]:
+    """The patterns of a ``--freeze`` comma list (``re:`` ones compiled to check them).
+
+    Raises:
+        ConfigError: a ``re:`` pattern that is not a regular expression, in one line.
+    """
+    patterns = [p.strip() for p in text.split(",") if p.strip()]
+    for p in patterns:
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as e:
+                raise ConfigError(f"model config 'freeze' pattern {p!r}{where} is not a regular expression ({e})") \
+                    from None
+    return patterns
+
 
 OFFICIAL_STRIDE = 16  # the official ResNet stages 1-3: one patch token per 16 x 16 pixels
 _TIMM_RE = re.compile(r"timm:([^@\s]+)(?:@(\d+))?")
@@ -189,6 +255,8 @@ def check_model_config(values: Mapping[str, Any], where: Optional[str] = None) -
         if dim % heads:
             raise ConfigError(f"model config{at}: {side}_embed_dim {dim} is not divisible by "
                               f"{side}_attention_heads {heads}")
+    lora_target_names(cfg["lora_targets"], where=at)
+    freeze_patterns(cfg["freeze"], where=at)
     code, grid = cfg["code_image_size"], cfg["image_bucket_size"]
     if code % 8 or code // 8 > grid:
         raise ConfigError(f"model config{at}: code_image_size {code} must be a multiple of 8 whose code grid "

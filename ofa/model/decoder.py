@@ -10,6 +10,9 @@ incrementally (as the official decoder does); only the query rows of the positio
 cache are then used: one per step of beam search, or a whole forced prompt at once when the cache is
 empty (the generator's prompt prefill). The cross-attention bias is absolute only:
 ``cross_pos_q_linear(LN(tgt_pos)) cross_pos_k_linear(P_enc)^T``.
+
+``checkpoint_activations`` recomputes each layer in the backward pass (as in the encoder) when training without
+a cache.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ofa.model.attention import State
 from ofa.model.layers import DecoderLayer
@@ -191,13 +195,28 @@ class OFADecoder(FairseqIncrementalDecoder):
             causal = torch.triu(torch.full((q_len, tgt_len), float("-inf"), device=device), cached + 1).to(x.dtype)
 
         inner_states = [x]
+        # activation checkpointing in training only: never with a decoding cache (its keys are state to keep)
+        recompute = (getattr(self.cfg, "checkpoint_activations", False) and self.training and not incremental
+                     and torch.is_grad_enabled())
         for idx, layer in enumerate(self.layers):
-            self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks, q_len)
-            x = layer(x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, incremental_state)
+            if recompute:
+                x = checkpoint(self._layer, idx, x, enc, enc_padding, self_abs, cross_abs, causal, self_padding,
+                               tgt_len, code_masks, q_len, use_reentrant=False)
+            else:
+                self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks, q_len)
+                x = layer(x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, incremental_state)
             inner_states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x, {"attn": [None], "inner_states": inner_states}
+
+    def _layer(self, idx: int, x: Tensor, enc: Tensor, enc_padding: Optional[Tensor], self_abs: Tensor,
+               cross_abs: Tensor, causal: Optional[Tensor], self_padding: Optional[Tensor], tgt_len: int,
+               code_masks: Optional[Tensor], q_len: int) -> Tensor:
+        """Layer ``idx`` without a cache (teacher forcing), its relative self-attention bias built inside, for
+        activation checkpointing: ``x [B, Lt, C]`` -> ``[B, Lt, C]``."""
+        self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks, q_len)
+        return self.layers[idx](x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, None)
 
     def _pos_keys(self, linear: nn.Linear, pos: Tensor) -> Tensor:
         """Position embeddings ``[B, L, C]`` -> per-head keys ``[B, H, C/H, L]`` (transposed for ``q @ k``)."""

@@ -11,6 +11,10 @@ key-padded and zeroed. In a batch that also holds real images the dummies do not
 backbone (their features are zeros): the outputs are the same, but in training they no longer enter
 the ResNet's BatchNorm batch statistics (the official code runs them; half of a pretraining ``v2``
 batch without image infilling is text, so half of those statistics came from blank images).
+
+With ``checkpoint_activations`` each layer runs under ``torch.utils.checkpoint`` (``use_reentrant=False``,
+which restores the RNG state, so dropout draws the same masks) in training: its activations are recomputed in
+the backward pass instead of kept.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ofa.model.layers import EncoderLayer
 from ofa.model.positions import image_bucket_table, patch_position_ids, token_bucket_table
@@ -123,6 +128,12 @@ class OFAEncoder(FairseqEncoder):
         bottom = F.pad(text, (num_patches, 0))  # [b, H, L, T]
         return torch.cat([top, bottom], dim=2)
 
+    def _layer(self, idx: int, x: Tensor, abs_bias: Tensor, token_buckets: Tensor, image_buckets: Optional[Tensor],
+               num_patches: int) -> Tensor:
+        """Layer ``idx`` on ``x [B, T, C]`` with its attention bias (``abs_bias [b, H, T, T]`` + its relative one)."""
+        bias = abs_bias + self._rel_bias(idx, token_buckets, image_buckets, num_patches)
+        return self.layers[idx](x, None, bias)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -205,9 +216,13 @@ class OFAEncoder(FairseqEncoder):
             image_buckets = self.image_rp_bucket[image_pos_ids[:, :, None], image_pos_ids[:, None, :]]
 
         states = [x.transpose(0, 1)] if return_all_hiddens else []
+        recompute = getattr(self.cfg, "checkpoint_activations", False) and self.training and torch.is_grad_enabled()
         for idx, layer in enumerate(self.layers):
-            bias = abs_bias + self._rel_bias(idx, token_buckets, image_buckets, num_patches)
-            x = layer(x, None, bias)
+            if recompute:  # keep only the layer's input; rebuild the rest (bias included) in the backward pass
+                x = checkpoint(self._layer, idx, x, abs_bias, token_buckets, image_buckets, num_patches,
+                               use_reentrant=False)
+            else:
+                x = self._layer(idx, x, abs_bias, token_buckets, image_buckets, num_patches)
             if return_all_hiddens:
                 states.append(x.transpose(0, 1))
 

@@ -3,6 +3,8 @@
 Registers model ``ofa`` and the architectures ``ofa_tiny``, ``ofa_medium``, ``ofa_base``,
 ``ofa_large``, ``ofa_huge`` (sizes of the official ``models/ofa/ofa.py``) plus ``ofa_test``, a tiny
 preset for fast tests. The forward signature is the official one so scripts port unchanged.
+``from_config`` applies the finetuning options (LoRA through peft, BitFit, ``--freeze``;
+``ofa.model.finetune``) to the built model.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from ofa.model.config import ARCHS, OFAModelConfig, arch_overrides
 from ofa.model.decoder import OFADecoder
 from ofa.model.encoder import OFAEncoder
+from ofa.model.finetune import adapt_plain_state, apply_finetuning
 from ofa.model.init import init_bert_params, init_layer_weights
 
 
@@ -45,7 +48,9 @@ class OFAModel(FairseqEncoderDecoderModel):
         model = cls(cfg, OFAEncoder(cfg, dictionary, embed), OFADecoder(cfg, dictionary, embed))
         if cfg.freeze_encoder_embedding or cfg.freeze_decoder_embedding:
             embed.weight.requires_grad_(False)
-        return model
+        # LoRA adapters, BitFit, frozen patterns (ofa.model.finetune): after construction and init, so that a
+        # default model draws exactly the official init sequence
+        return apply_finetuning(model, cfg)
 
     def forward(
         self,
@@ -84,9 +89,16 @@ class OFAModel(FairseqEncoderDecoderModel):
         return (self.cfg.max_source_positions, self.cfg.max_target_positions)
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Called by fairseq's loader: rebuild derived buffers instead of trusting the file."""
+        """Called by fairseq's loader (``--restore-file``, in place): rebuild derived buffers instead of trusting
+        the file, and fit a plain (e.g. official) state dict to a LoRA model: ``M.weight`` ->
+        ``M.base_layer.weight``, the adapters it lacks keep their fresh init (``adapt_plain_state``)."""
         prefix = name + "." if name else ""
-        for key, value in self.state_dict().items():
+        own = self.state_dict()
+        adapted = adapt_plain_state(state_dict, own, prefix)
+        if adapted.keys() != state_dict.keys():
+            state_dict.clear()
+            state_dict.update(adapted)
+        for key, value in own.items():
             if key.endswith(("_rp_bucket", "image_position_idx")):
                 state_dict[prefix + key] = value
         return state_dict
