@@ -34,19 +34,15 @@ NUM_BINS, NUM_CODES = 1000, 8192
 
 
 def official_size_dictionary():
-    """A fairseq dictionary laid out like the official one: 4 specials, 50,260 text entries, ``<mask>``,
-    8,192 codes, 1,000 bins (59,457 entries)."""
-    from fairseq.data import Dictionary
+    """A dictionary laid out like the official one (``ofa.tokenizer.build_dictionary`` over a ``dict.txt`` of
+    50,260 placeholder symbols: 4 specials, the text entries, ``<mask>``, 8,192 codes, 1,000 bins; 59,457)."""
+    from ofa.tokenizer import build_dictionary
 
-    d = Dictionary()
-    for i in range(50260):
-        d.add_symbol(f"w{i}")
-    d.add_symbol("<mask>")
-    for i in range(NUM_CODES):
-        d.add_symbol(f"<code_{i}>")
-    for i in range(NUM_BINS):
-        d.add_symbol(f"<bin_{i}>")
-    return d
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "dict.txt")
+        with open(path, "w") as f:
+            f.write("".join(f"w{i} 1\n" for i in range(50260)))
+        return build_dictionary(path, NUM_CODES, NUM_BINS)
 
 
 def random_trie(d, n: int, seed: int = 0):
