@@ -43,7 +43,8 @@ from ofa.checkpoint import build_model_for_arch, export_safetensors, load_model,
 from ofa.generate import SequenceGenerator, Trie  # noqa: E402
 from ofa.hub import resolve_checkpoint  # noqa: E402, F401  (checkpoints by name / URL / path; see ofa/hub.py)
 from ofa.inference import inference_model  # noqa: E402, F401
+from ofa.ranking import rank  # noqa: E402, F401  (image-text matching scores; see ofa/ranking.py)
 from ofa.tokenizer import load_tokenizer  # noqa: E402
 
-__all__ = ["inference_model", "resolve_checkpoint", "load_model", "build_model_for_arch", "export_safetensors",
+__all__ = ["inference_model", "rank", "resolve_checkpoint", "load_model", "build_model_for_arch", "export_safetensors",
            "save_checkpoint", "SequenceGenerator", "Trie", "load_tokenizer", "__version__"]
