@@ -46,6 +46,8 @@ def itm_logprobs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], b
         images: ``[N, 3, S, S]`` preprocessed (``ofa.data_utils.transforms.square_resize``).
         texts: ``N`` texts (cleaned like captions: ``pre_caption``).
     """
+    from fairseq.data.data_utils import collate_tokens
+
     from ofa.data_utils.text import pre_caption
 
     if len(images) != len(texts):
@@ -61,10 +63,7 @@ def itm_logprobs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], b
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         lines = [tokenizer.encode_line(ITM_PROMPT.format(pre_caption(t, max_words))) for t in chunk]
-        src = torch.full((len(lines), max(len(x) for x in lines)), d.pad(), dtype=torch.long)
-        for row, line in zip(src, lines):
-            row[:len(line)] = line
-        src = src.to(device)
+        src = collate_tokens(lines, d.pad()).to(device)  # right-padded [n, L]
         imgs = images[start:start + batch_size].to(device=device, dtype=dtype)
         logits, _ = model(src, src.ne(d.pad()).sum(1), prev.expand(len(chunk), -1), patch_images=imgs,
                           patch_masks=torch.ones(len(chunk), dtype=torch.bool, device=device))

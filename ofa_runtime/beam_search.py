@@ -15,7 +15,6 @@ and its cache then copied to the sample's beams (the same numbers as decoding ev
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -313,7 +312,3 @@ class BeamSearch:
 def hypothesis_logprob(hyp: Dict[str, Any]) -> float:
     """The summed token log-probability of a hypothesis (EOS included), as ``ofa-predict`` reports it."""
     return float(np.asarray(hyp["positional_scores"], dtype=np.float64).sum())
-
-
-def probability(logprob: float) -> float:
-    return math.exp(logprob)

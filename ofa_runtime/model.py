@@ -106,7 +106,8 @@ class OnnxModel:
         """Image files or PIL images -> the encoder's ``patch_images`` float32 ``[B, 3, S, S]``."""
         from ofa_runtime.text import preprocess_image
 
-        return np.stack([preprocess_image(im, self.image_size) for im in images])
+        mean, std = self.config.get("image_mean", (0.5,) * 3), self.config.get("image_std", (0.5,) * 3)
+        return np.stack([preprocess_image(im, self.image_size, mean, std) for im in images])
 
     def encode(self, src_tokens: np.ndarray, patch_images: np.ndarray,
                patch_masks: Optional[np.ndarray] = None) -> EncoderState:

@@ -5,8 +5,9 @@
   then ``<mask>``, the ``<code_i>`` and ``<bin_i>`` tokens) with the official GPT-2 byte-level BPE
   (``encoder.json`` + ``vocab.bpe``; needs the ``regex`` package) or a SentencePiece model (``spm.model``;
   needs ``sentencepiece``). ``<bin_i>``, ``<code_i>`` and ``<mask>`` in a text are looked up directly.
-- ``preprocess_image(image, size)``: RGB, a bicubic resize to ``size x size`` (aspect ratio not kept),
-  ``[0, 1]`` then ``(x - 0.5) / 0.5``: float32 ``[3, size, size]``.
+- ``preprocess_image(image, size, mean, std)``: RGB, a bicubic resize to ``size x size`` (aspect ratio not
+  kept), ``[0, 1]`` then ``(x - mean) / std`` per channel (the export's ``image_mean`` / ``image_std``, 0.5 in
+  every released model): float32 ``[3, size, size]``.
 """
 from __future__ import annotations
 
@@ -192,11 +193,12 @@ class Tokenizer:
         return out
 
 
-def preprocess_image(image, size: int) -> np.ndarray:
-    """A file path or PIL image -> float32 ``[3, size, size]`` in ``[-1, 1]`` (the evaluation transform)."""
+def preprocess_image(image, size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                     std: Sequence[float] = (0.5, 0.5, 0.5)) -> np.ndarray:
+    """A file path or PIL image -> float32 ``[3, size, size]``, normalised per channel (the evaluation transform)."""
     from PIL import Image
 
     img = image if isinstance(image, Image.Image) else Image.open(image)
     img = img.convert("RGB").resize((size, size), Image.BICUBIC)
     x = np.asarray(img, dtype=np.float32) / np.float32(255)
-    return ((x - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1).copy()
+    return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1).copy()

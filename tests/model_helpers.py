@@ -1,5 +1,5 @@
-"""Small shared pieces of the inference and image-generation tests: the ``logprob`` / ``prob`` contract of a
-result, and a tiny VQGAN saved where ``ofa-vqgan`` would put it."""
+"""Small shared pieces of the model, inference and image-generation tests: a toy forward batch, the ``logprob`` /
+``prob`` contract of a result, and a tiny VQGAN saved where ``ofa-vqgan`` would put it."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,19 @@ import os
 
 import pytest
 import torch
+
+
+def toy_batch(d, bsz=2, src_len=7, tgt_len=5, seed=0, image=64):
+    """Seeded ``OFAModel.forward`` keyword arguments: random text ids 4..43 between BOS and EOS, a BOS-led target
+    prefix and ``image x image`` images (64: 4 x 4 patches), every image real."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 44, (bsz, src_len), generator=g)
+    src[:, 0], src[:, -1] = d.bos(), d.eos()
+    prev = torch.randint(4, 44, (bsz, tgt_len), generator=g)
+    prev[:, 0] = d.bos()
+    return dict(src_tokens=src, src_lengths=torch.full((bsz,), src_len), prev_output_tokens=prev,
+                patch_images=torch.randn(bsz, 3, image, image, generator=g),
+                patch_masks=torch.ones(bsz, dtype=torch.bool))
 
 
 def check_logprob(result):

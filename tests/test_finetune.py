@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_
+from model_helpers import toy_batch
 from ofa.checkpoint import export_safetensors, load_model, safe_load, save_checkpoint
 from ofa.errors import ConfigError
 from ofa.model import OFAModel, config_for_arch
@@ -15,7 +16,6 @@ from ofa.model.finetune import (adapt_plain_state, is_adapter_key, lora_scale, l
                                 trainable_counts)
 from ofa.tokenizer import load_tokenizer
 
-IMG = 64  # 4 x 4 patches
 
 
 def build(dictionary, seed=0, **overrides):
@@ -23,14 +23,6 @@ def build(dictionary, seed=0, **overrides):
     return OFAModel.from_config(config_for_arch("ofa_test", **overrides), dictionary)
 
 
-def batch(d, bsz=2, src_len=7, tgt_len=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, 44, (bsz, src_len), generator=g)
-    src[:, 0], src[:, -1] = d.bos(), d.eos()
-    prev = torch.randint(4, 44, (bsz, tgt_len), generator=g)
-    prev[:, 0] = d.bos()
-    return dict(src_tokens=src, src_lengths=torch.full((bsz,), src_len), prev_output_tokens=prev,
-                patch_images=torch.randn(bsz, 3, IMG, IMG, generator=g), patch_masks=torch.ones(bsz, dtype=torch.bool))
 
 
 def loss_of(model, b, seed=0):
@@ -76,7 +68,7 @@ def test_a_fresh_adapter_changes_nothing_and_training_moves_only_the_adapters(d)
     lora = build(d, lora_rank=4, lora_alpha=8)
     lora.load_state_dict(plain.state_dict())  # a plain state dict fits (upgrade_state_dict_named)
     lora.eval()
-    b = batch(d)
+    b = toy_batch(d)
     with torch.no_grad():
         torch.testing.assert_close(lora(**b)[0], plain(**b)[0], rtol=0, atol=0)
     before = {k: v.clone() for k, v in lora.state_dict().items()}
@@ -129,7 +121,7 @@ def test_merged_model_gives_the_unmerged_outputs(d):
     plain = build(d)
     plain.load_state_dict(state)
     plain.eval()
-    b = batch(d)
+    b = toy_batch(d)
     with torch.no_grad():
         torch.testing.assert_close(plain(**b)[0], lora(**b)[0], rtol=0, atol=1e-5)
         assert not torch.allclose(lora(**b)[0], randomize_(build(d)).eval()(**b)[0], atol=1e-3)  # adapters matter
@@ -149,7 +141,7 @@ def test_checkpoint_keeps_adapters_and_load_model_and_export_merge_them(d, spm_d
     assert (saved["cfg"]["model"].lora_rank, saved["cfg"]["model"].lora_alpha) == (4, 8.0)
     assert saved["cfg"]["model"].lora_targets == "q,v,fc1"
 
-    b = batch(tok.dictionary)
+    b = toy_batch(tok.dictionary)
     with torch.no_grad():
         expected = lora(**b)[0]
     model, _, info = load_model(str(path))
@@ -237,7 +229,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(d, extra, mo
             adapters_nonzero_(model)
         model.train()
         torch.manual_seed(5)
-        loss = loss_of(model, batch(d))
+        loss = loss_of(model, toy_batch(d))
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
         assert len(calls) == (2 if flag else 0)  # one encoder and one decoder layer, each once
@@ -253,7 +245,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(d, extra, mo
     monkeypatch.setattr(decoder_module, "checkpoint", refuse)
     model.eval()
     with torch.no_grad():
-        model(**batch(d))  # evaluation and decoding never recompute
+        model(**toy_batch(d))  # evaluation and decoding never recompute
 
 
 # ---------------------------------------------------------------------------- ofa-train

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import make_dictionary, randomize_
+from model_helpers import toy_batch
 from ofa.model import OFAModel, config_for_arch
 from ofa.model.positions import image_bucket_table, patch_position_ids, token_bucket_table
 
-IMG = 64  # 4 x 4 patches
 
 
 def build(dictionary, seed=0, **overrides):
@@ -17,15 +17,6 @@ def build(dictionary, seed=0, **overrides):
     return randomize_(model, seed).eval()
 
 
-def batch(d, bsz=2, src_len=7, tgt_len=5, seed=0, image=IMG):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, 44, (bsz, src_len), generator=g)
-    src[:, 0], src[:, -1] = d.bos(), d.eos()
-    prev = torch.randint(4, 44, (bsz, tgt_len), generator=g)
-    prev[:, 0] = d.bos()
-    return dict(src_tokens=src, src_lengths=torch.full((bsz,), src_len), prev_output_tokens=prev,
-                patch_images=torch.randn(bsz, 3, image, image, generator=g),
-                patch_masks=torch.ones(bsz, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("arch,millions", [("ofa_tiny", 33.49), ("ofa_medium", 92.89), ("ofa_base", 182.24),
@@ -48,7 +39,7 @@ def test_unknown_arch_and_backbone_are_named_in_the_error(small_dict):
 
 def test_forward_shapes_follow_the_official_signature(small_dict):
     model = build(small_dict)
-    b = batch(small_dict)
+    b = toy_batch(small_dict)
     logits, extra = model(**b)
     assert logits.shape == (2, 5, len(small_dict))
     enc = model.encoder(b["src_tokens"], src_lengths=b["src_lengths"], patch_images=b["patch_images"],
@@ -60,7 +51,7 @@ def test_forward_shapes_follow_the_official_signature(small_dict):
 
 def test_incremental_decoding_equals_full_sequence_decoding(small_dict):
     model = build(small_dict)
-    b = batch(small_dict, tgt_len=6)
+    b = toy_batch(small_dict, tgt_len=6)
     with torch.no_grad():
         full, _ = model(**b)
         enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
@@ -90,7 +81,7 @@ def assert_cache_follows(model, b, order: torch.Tensor, cached_steps: int = 3):
 
 
 def test_beam_reordering_of_the_cache_follows_the_new_order(small_dict):
-    b = batch(small_dict, tgt_len=4)
+    b = toy_batch(small_dict, tgt_len=4)
     # two beams of one sample: same source and image, different prefixes (the cross-attention
     # cache is shared by a sample's beams, so only the self-attention cache needs reordering)
     for key in ("src_tokens", "patch_images"):
@@ -101,15 +92,15 @@ def test_beam_reordering_of_the_cache_follows_the_new_order(small_dict):
 def test_cache_follows_a_batch_that_drops_and_reorders_samples(small_dict):
     """Beam search drops finished samples: every cache (self- and cross-attention keys/values, the source
     position keys of the cross-attention bias) must then keep the surviving samples' rows, in order."""
-    b = batch(small_dict, bsz=3, tgt_len=4, seed=4)  # three different sources and images
+    b = toy_batch(small_dict, bsz=3, tgt_len=4, seed=4)  # three different sources and images
     assert_cache_follows(build(small_dict, seed=3), b, torch.tensor([2, 0]))  # sample 1 finished, 0 and 2 swap
 
 
 def test_padded_batch_equals_samples_run_alone(small_dict):
     model = build(small_dict)
     d = small_dict
-    a = batch(d, bsz=1, src_len=9, tgt_len=6, seed=1)
-    c = batch(d, bsz=1, src_len=5, tgt_len=3, seed=2)
+    a = toy_batch(d, bsz=1, src_len=9, tgt_len=6, seed=1)
+    c = toy_batch(d, bsz=1, src_len=5, tgt_len=3, seed=2)
     c["patch_masks"][:] = False  # a text-only sample rides along with a dummy image
     src = torch.full((2, 9), d.pad())
     src[0], src[1, :5] = a["src_tokens"][0], c["src_tokens"][0]
@@ -126,7 +117,7 @@ def test_padded_batch_equals_samples_run_alone(small_dict):
 
 def test_text_only_sample_ignores_its_dummy_image(small_dict):
     model = build(small_dict)
-    b = batch(small_dict, bsz=1)
+    b = toy_batch(small_dict, bsz=1)
     b["patch_masks"][:] = False
     with torch.no_grad():
         one, _ = model(**b)
@@ -137,7 +128,7 @@ def test_text_only_sample_ignores_its_dummy_image(small_dict):
 
 def test_code_masks_select_image_positions_per_sample(small_dict):
     model = build(small_dict)
-    b = batch(small_dict, bsz=2, tgt_len=6)
+    b = toy_batch(small_dict, bsz=2, tgt_len=6)
     with torch.no_grad():
         mixed, _ = model(**b, code_masks=torch.tensor([True, False]))
         codes, _ = model(**b, code_masks=torch.tensor([True, True]))
@@ -149,7 +140,7 @@ def test_code_masks_select_image_positions_per_sample(small_dict):
 
 def test_code_decoding_incremental_equals_full(small_dict):
     model = build(small_dict)
-    b = batch(small_dict, bsz=2, tgt_len=5)
+    b = toy_batch(small_dict, bsz=2, tgt_len=5)
     code = torch.ones(2, dtype=torch.bool)
     with torch.no_grad():
         full, _ = model(**b, code_masks=code)
@@ -163,7 +154,7 @@ def test_code_decoding_incremental_equals_full(small_dict):
 
 def test_non_square_images_use_row_stride_42(small_dict):
     model = build(small_dict)
-    b = batch(small_dict, bsz=1)
+    b = toy_batch(small_dict, bsz=1)
     b["patch_images"] = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
@@ -176,7 +167,7 @@ def test_non_square_images_use_row_stride_42(small_dict):
 
 def test_sample_patch_num_keeps_that_many_patches(small_dict):
     model = build(small_dict)
-    b = batch(small_dict)
+    b = toy_batch(small_dict)
     enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"],
                         sample_patch_num=5)
     assert enc["encoder_out"][0].shape[0] == 5 + 7
@@ -186,14 +177,14 @@ def test_sdpa_and_math_attention_agree(small_dict):
     sdpa = build(small_dict, attention_impl="sdpa")
     math = build(small_dict, attention_impl="math")
     math.load_state_dict(sdpa.state_dict())
-    b = batch(small_dict)
+    b = toy_batch(small_dict)
     with torch.no_grad():
         torch.testing.assert_close(sdpa(**b)[0], math(**b)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_training_mode_backward_reaches_every_parameter(small_dict):
     model = build(small_dict, dropout=0.1, encoder_drop_path_rate=0.1, decoder_drop_path_rate=0.1).train()
-    b = batch(small_dict)
+    b = toy_batch(small_dict)
     logits, _ = model(**b, code_masks=torch.tensor([True, False]))
     logits.logsumexp(-1).mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -203,7 +194,7 @@ def test_training_mode_backward_reaches_every_parameter(small_dict):
 
 def test_timm_backbone_option_builds_a_stride16_extractor(small_dict):
     model = OFAModel.from_config(config_for_arch("ofa_test", resnet_type="timm:resnet18"), small_dict).eval()
-    b = batch(small_dict, bsz=1)
+    b = toy_batch(small_dict, bsz=1)
     with torch.no_grad():
         enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
     assert enc["encoder_out"][0].shape[0] == 16 + 7
@@ -213,7 +204,7 @@ def test_timm_backbone_at_stride_8_gives_a_finer_patch_grid(small_dict):
     from ofa.model.resnet import build_image_backbone
 
     model = OFAModel.from_config(config_for_arch("ofa_test", resnet_type="timm:resnet18@8"), small_dict).eval()
-    b = batch(small_dict, bsz=1)
+    b = toy_batch(small_dict, bsz=1)
     with torch.no_grad():
         enc = model.encoder(b["src_tokens"], patch_images=b["patch_images"], patch_masks=b["patch_masks"])
     assert enc["encoder_out"][0].shape[0] == 64 + 7  # 64 px image / 8 = 8 x 8 patches, then the text
@@ -240,7 +231,7 @@ def test_a_prompt_decoded_in_one_call_then_step_by_step_equals_full_decoding(sma
     """The generator's prompt prefill: an empty cache given 4 positions computes them all (causally) and
     keeps them; the next calls add one position each, as fairseq's generators call the decoder."""
     model = build(small_dict, seed=5)
-    b = batch(small_dict, tgt_len=7, seed=5)
+    b = toy_batch(small_dict, tgt_len=7, seed=5)
     prev = b["prev_output_tokens"]
     with torch.no_grad():
         full, _ = model(**b)
@@ -262,7 +253,7 @@ def test_trie_constrained_beam_search_with_prompts_prefills_them_and_equals_step
 
     d = small_dict
     model = build(d, seed=6)
-    b = batch(d, bsz=3, src_len=8, seed=6)
+    b = toy_batch(d, bsz=3, src_len=8, seed=6)
     trie = Trie(d.eos())
     for answer in ([10], [11, 12], [13], [11, 14, 15], [16, 12]):
         trie.insert([d.bos(), *answer, d.eos()])
@@ -298,7 +289,7 @@ def test_dummy_images_stay_out_of_the_backbone_and_its_batchnorm_statistics(smal
     """A text-only sample's dummy image is masked anyway; in a batch with real images it is not run through
     the ResNet, so training-mode BatchNorm statistics come from the real images alone (and eval outputs
     are unchanged: test_padded_batch_equals_samples_run_alone)."""
-    b = batch(small_dict, bsz=3, seed=7)
+    b = toy_batch(small_dict, bsz=3, seed=7)
     b["patch_masks"] = torch.tensor([True, False, True])
     b["patch_images"][1] = 0.0
     real = {k: (v[[0, 2]] if torch.is_tensor(v) and v.dim() and v.size(0) == 3 else v) for k, v in b.items()}

@@ -76,25 +76,25 @@ class DecoderStepGraph(nn.Module):
         h = decoder.num_heads
         t = past[0].shape[2]  # positions already decoded: this step is position t
 
-        raw_pos = decoder.embed_positions.weight[: t + 1]  # [t + 1, C] (positions 0 .. t)
+        raw_pos = decoder.embed_positions.weight[: t + 1][None]  # [1, t + 1, C] (positions 0 .. t)
         pos = decoder.pos_ln(raw_pos)
-        pos_q = pos[t:]  # [1, C]
-        q_self = decoder.self_pos_q_linear(pos_q).view(1, h, -1).transpose(0, 1)  # [H, 1, dh]
-        k_self = decoder.self_pos_k_linear(pos).view(-1, h, q_self.size(-1)).permute(1, 2, 0)  # [H, dh, t + 1]
-        self_abs = ((q_self * decoder.pos_scaling) @ k_self)[None]  # [1, H, 1, t + 1]
-        q_cross = decoder.cross_pos_q_linear(pos_q).view(1, h, -1).transpose(0, 1)[None]  # [1, H, 1, dh]
-        cross_abs = (q_cross * decoder.pos_scaling) @ cross_pos_k  # [N, H, 1, T]
+        pos_q = pos[:, t:]  # [1, 1, C]
+
+        def query(linear: nn.Linear) -> Tensor:  # [1, 1, C] -> [1, H, 1, dh], scaled as the decoder does
+            return linear(pos_q).view(1, 1, h, -1).transpose(1, 2) * decoder.pos_scaling
+
+        self_abs = query(decoder.self_pos_q_linear) @ decoder._pos_keys(decoder.self_pos_k_linear, pos)  # [1, H, 1, t + 1]
+        cross_abs = query(decoder.cross_pos_q_linear) @ cross_pos_k  # [N, H, 1, T]
 
         x = decoder.embed_scale * decoder.embed_tokens(tokens)  # [N, 1, C]
         if not decoder.cfg.disable_entangle:
-            x = x + raw_pos[t:][None]
+            x = x + raw_pos[:, t:]
         if decoder.layernorm_embedding is not None:
             x = decoder.layernorm_embedding(x)
 
-        buckets = decoder.token_rp_bucket[t, : t + 1]  # [t + 1]
         presents = []
         for idx, layer in enumerate(decoder.layers):
-            rel = decoder.token_rel_pos_table_list[idx].weight[buckets].t()[None, :, None, :]  # [1, H, 1, t + 1]
+            rel = decoder._rel_bias(idx, t + 1, None, q_len=1)  # the text bias row of position t: [1, H, 1, t + 1]
             state = {}
             layer.self_attn._set_input_buffer(state, {"prev_key": past[2 * idx], "prev_value": past[2 * idx + 1]})
             layer.encoder_attn._set_input_buffer(state, {"prev_key": cross[2 * idx], "prev_value": cross[2 * idx + 1]})

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ofa.data_utils.transforms import MEAN, STD
 from ofa.export.graphs import (DecoderStepGraph, EncoderGraph, cache_names, example_inputs, restore_attention,
                                use_math_attention)
 from ofa.io_utils import _umask
@@ -152,8 +153,8 @@ def export_onnx(model, out_dir: str, tokenizer_dir: str, image_size: int, task_c
         "vocab_size": len(dictionary),
         "code_dict_size": sum(1 for s in dictionary.symbols if s.startswith("<code_")),
         "num_bins": sum(1 for s in dictionary.symbols if s.startswith("<bin_")), "bos": dictionary.bos(), "pad": dictionary.pad(), "eos": dictionary.eos(),
-        "unk": dictionary.unk(), "image_size": int(image_size), "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5], "max_target_positions": cfg.max_target_positions,
+        "unk": dictionary.unk(), "image_size": int(image_size), "image_mean": list(MEAN),
+        "image_std": list(STD), "max_target_positions": cfg.max_target_positions,
         "model": {k: v for k, v in vars(cfg).items() if not k.startswith("_")},
         "task": dict(task_cfg or {}),
     }

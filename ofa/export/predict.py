@@ -19,8 +19,6 @@ import torch
 from ofa.errors import ConfigError
 from ofa.export.onnx_export import ANSWERS, generator_settings
 
-TOP_K = 5
-
 
 def _hypothesis(h: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     return {"tokens": torch.from_numpy(h["tokens"]), "score": torch.tensor(h["score"]),
@@ -142,6 +140,8 @@ class OnnxPredictor:
 def _closed_set(task, sample, answer_key: str) -> List[Dict[str, Any]]:
     """Trie-constrained beam search of a closed-set task: per sample the best answer, its log-probability
     (the answer's tokens only, not the forced prompt) and the answers of the other finished hypotheses."""
+    from ofa.tasks.closed_set import TOP_K  # the answers a one-image prediction lists
+
     prefix = sample.get("prefix_tokens")
     hyps = task.generator.generate(None, task.net_input_for_generation(sample), prefix_tokens=prefix)
     out = []

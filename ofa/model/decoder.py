@@ -198,13 +198,10 @@ class OFADecoder(FairseqIncrementalDecoder):
         # activation checkpointing in training only: never with a decoding cache (its keys are state to keep)
         recompute = (getattr(self.cfg, "checkpoint_activations", False) and self.training and not incremental
                      and torch.is_grad_enabled())
-        for idx, layer in enumerate(self.layers):
-            if recompute:
-                x = checkpoint(self._layer, idx, x, enc, enc_padding, self_abs, cross_abs, causal, self_padding,
-                               tgt_len, code_masks, q_len, use_reentrant=False)
-            else:
-                self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks, q_len)
-                x = layer(x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, incremental_state)
+        for idx in range(len(self.layers)):
+            args = (idx, x, enc, enc_padding, self_abs, cross_abs, causal, self_padding, tgt_len, code_masks, q_len)
+            x = checkpoint(self._layer, *args, None, use_reentrant=False) if recompute else \
+                self._layer(*args, incremental_state)
             inner_states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -212,11 +209,11 @@ class OFADecoder(FairseqIncrementalDecoder):
 
     def _layer(self, idx: int, x: Tensor, enc: Tensor, enc_padding: Optional[Tensor], self_abs: Tensor,
                cross_abs: Tensor, causal: Optional[Tensor], self_padding: Optional[Tensor], tgt_len: int,
-               code_masks: Optional[Tensor], q_len: int) -> Tensor:
-        """Layer ``idx`` without a cache (teacher forcing), its relative self-attention bias built inside, for
-        activation checkpointing: ``x [B, Lt, C]`` -> ``[B, Lt, C]``."""
+               code_masks: Optional[Tensor], q_len: int, incremental_state: Optional[State]) -> Tensor:
+        """Layer ``idx`` on ``x [B, q_len, C]`` with its relative self-attention bias built inside (so that activation
+        checkpointing, which calls it without a cache, recomputes the bias too) -> ``[B, q_len, C]``."""
         self_bias = self_abs + self._rel_bias(idx, tgt_len, code_masks, q_len)
-        return self.layers[idx](x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, None)
+        return self.layers[idx](x, enc, enc_padding, self_bias, cross_abs, causal, self_padding, incremental_state)
 
     def _pos_keys(self, linear: nn.Linear, pos: Tensor) -> Tensor:
         """Position embeddings ``[B, L, C]`` -> per-head keys ``[B, H, C/H, L]`` (transposed for ``q @ k``)."""

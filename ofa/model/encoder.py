@@ -217,12 +217,10 @@ class OFAEncoder(FairseqEncoder):
 
         states = [x.transpose(0, 1)] if return_all_hiddens else []
         recompute = getattr(self.cfg, "checkpoint_activations", False) and self.training and torch.is_grad_enabled()
-        for idx, layer in enumerate(self.layers):
-            if recompute:  # keep only the layer's input; rebuild the rest (bias included) in the backward pass
-                x = checkpoint(self._layer, idx, x, abs_bias, token_buckets, image_buckets, num_patches,
-                               use_reentrant=False)
-            else:
-                x = self._layer(idx, x, abs_bias, token_buckets, image_buckets, num_patches)
+        for idx in range(len(self.layers)):
+            args = (idx, x, abs_bias, token_buckets, image_buckets, num_patches)
+            # with recompute, keep only the layer's input; rebuild the rest (bias included) in the backward pass
+            x = checkpoint(self._layer, *args, use_reentrant=False) if recompute else self._layer(*args)
             if return_all_hiddens:
                 states.append(x.transpose(0, 1))
 
