@@ -25,6 +25,7 @@ setup(
         "timm>=0.9",
         "sentencepiece>=0.1.99",
         "pycocoevalcap>=1.2",
+        "pycocotools>=2.0",  # detection mAP (ofa-evaluate)
         "numpy>=1.24",
         "h5py>=3.8",
         "pillow>=9.0",

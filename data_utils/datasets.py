@@ -67,6 +67,7 @@ class DataConfig:
     add_caption: bool = False  # snli_ve: give the text premise too (official --add-caption)
     imagenet_norm: bool = False
     augment: bool = False  # training-time RandAugment (classification)
+    max_objects: int = 100  # detection: objects per target sequence
     bad_rows: str = "fail"  # fail | skip
     max_image_pixels: Optional[int] = 89_478_485
     # the model's text positions (``OFAModelConfig`` defaults; the relative-position tables hold 1024): sources
@@ -188,6 +189,17 @@ class OFADataset(FairseqDataset):
         ex.update(self.pack_target(src, tgt, codes=bool(extra.get("code_mask"))))
         return ex
 
+    def caption_target(self, field: str):
+        """``(target, references)`` of a ``&&``-joined caption field (punctuation stripped): in training the first
+        caption cut to ``max_tgt_length`` words; otherwise every reference joined, for the validation loss only
+        (scores use the references)."""
+        captions = [strip_punctuation(c) for c in field.split("&&")]
+        if not any(captions):
+            raise DataError("empty caption", field="caption")
+        if self.is_train:
+            return self.encode(" " + " ".join(captions[0].split()[: self.cfg.max_tgt_length])), captions
+        return self.encode(" " + "&&".join(captions)), captions
+
     def build(self, row: Dict[str, Any]) -> Dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -244,14 +256,7 @@ class CaptionDataset(OFADataset):
 
     def build(self, row):
         image = square_resize(self.image(row["image"]), self.cfg.patch_image_size, self.mean, self.std)
-        captions = [strip_punctuation(c) for c in row["caption"].split("&&")]
-        if not any(captions):
-            raise DataError("empty caption", field="caption")
-        if self.is_train:
-            words = captions[0].split()[: self.cfg.max_tgt_length]
-            tgt = self.encode(" " + " ".join(words))
-        else:  # the references, for the validation loss only (scores use ``refs``)
-            tgt = self.encode(" " + "&&".join(captions))
+        tgt, captions = self.caption_target(row["caption"])
         return self.example(self.source(self.prompt), tgt, image, uniq_id=row["uniq_id"], refs=captions)
 
 

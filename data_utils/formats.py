@@ -48,6 +48,10 @@ SCHEMAS: Dict[str, Schema] = {s.name: s for s in [
     Schema("pretrain_image", ("uniq_id", "image", "code")),
     Schema("pretrain_detection", ("uniq_id", "image", "boxes")),
     Schema("text_pair", ("uniq_id", "source", "target"), image_columns=()),
+    # finetuning detection reads the pretraining detection layout (uniq_id: the COCO image id where converted)
+    Schema("detection", ("uniq_id", "image", "boxes")),
+    # grounded captioning: the region's caption(s), ``&&``-joined references in evaluation files
+    Schema("region_caption", ("uniq_id", "image_id", "caption", "region_coord", "image")),
 ]}
 # official task names that read the same files
 SCHEMAS["vqa_gen"] = SCHEMAS["vqa"]

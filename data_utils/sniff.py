@@ -30,6 +30,8 @@ _MARKS: Dict[str, Callable[[Sequence[str]], bool]] = {
     "pretrain_text": lambda f: True,
     "pretrain_image": lambda f: bool(_CODES.match(f[2])),
     "pretrain_detection": lambda f: not _CODES.match(f[2]),
+    "detection": lambda f: not _CODES.match(f[2]),
+    "region_caption": lambda f: bool(_BOX.match(f[3])),
 }
 
 

@@ -57,6 +57,8 @@ REQUIRED: Dict[str, Tuple[str, ...]] = {
     "pretrain_image": ("uniq_id", "code"),
     "pretrain_detection": ("uniq_id", "boxes"),
     "text_pair": ("uniq_id", "source", "target"),
+    "detection": ("uniq_id",),  # an image without objects has an empty boxes field
+    "region_caption": ("uniq_id", "caption"),
 }
 VL_REQUIRED = {"caption": ("caption",), "qa": ("question", "refs"), "visual_grounding": ("caption", "refs")}
 

@@ -19,7 +19,8 @@ benchmark, tokenizer, model and per-task recipe it reuses):
    random initialisation here, not from ImageNet as the official one, and at the full rate the mixture
    overwrites its shape features;
 4. zero-shot: the pretrained checkpoint alone, evaluated as ``vqa_gen`` (trie over the answer set) and
-   ``refcoco`` (bins-only constraint) on the TEST split, no finetuning;
+   ``refcoco`` (bins-only constraint) on the TEST split, no finetuning (and as ``detection`` / ``region_caption``
+   when those are among ``--tasks``: the mixture holds detection and grounded captioning);
 5. per task, the SAME finetuning budget (the main job's recipe updates times ``--finetune-scale``), once
    from the pretrained checkpoint and once from scratch (``ofa-synth run --set TASK.init=...``; no
    curriculum chain, no SCST), both evaluated on TEST and COMP.
@@ -54,7 +55,7 @@ def parse_args(argv=None):
                         "features for colour ones and classification finetunes below scratch (experiments/README.md)")
     p.add_argument("--finetune-scale", type=float, default=0.5,
                    help="finetuning updates = the main job's recipe updates times this (same in both arms)")
-    p.add_argument("--tasks", default=",".join(recipe.RECIPE))
+    p.add_argument("--tasks", default=",".join(recipe.DEFAULT_TASKS))
     p.add_argument("--vqgan", default=None, help="VQGAN folder: adds image infilling to the mixture")
     p.add_argument("--verify-per-scene", type=int, default=0,
                    help="GQA-style yes / no verification questions per pretraining scene (ofa-synth pretrain "
@@ -121,6 +122,9 @@ def main(argv=None) -> int:
     zero = {}
     zs = {"vqa_gen": ["--ans2label-file", str(data / "vqa_ans2label.json")],
           "refcoco": ["--eval-beam", "1"]}  # the task decodes under its bins-only constraint
+    for task in ("detection", "region_caption"):  # the region tasks, when compared: pretraining holds both
+        if task in tasks:
+            zs[task] = [a.format(data=data) for a in recipe.RECIPE[task].get("args", [])]
     for task, extra in zs.items():
         rdir = out / "zero_shot" / task
         if args.keep and (rdir / "test_metrics.json").exists():
@@ -184,8 +188,9 @@ def main(argv=None) -> int:
         print(f"{r['task']:16s} {r['metric']:10s} {r['updates']:>7d} {fmt(r['scratch_test']):>8s} "
               f"{fmt(r['pretrained_test']):>10s}   {fmt(r['scratch_comp']):>8s} {fmt(r['pretrained_comp']):>10s}")
     print("\nzero-shot (pretrained checkpoint alone, test split):")
-    print(f"  vqa_gen  vqa_score {fmt(zero['vqa_gen'].get('vqa_score'))}")
-    print(f"  refcoco  acc       {fmt(zero['refcoco'].get('acc'))}")
+    for task in zero:
+        metric = recipe.TARGETS[task][0]
+        print(f"  {task:16s} {metric:10s} {fmt(zero[task].get(metric))}")
     print(f"\nwrote {out / 'comparison.json'} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 

@@ -38,7 +38,7 @@ from ofa.data_utils.formats import format_answers, get_schema
 from ofa.data_utils.images import decode_b64, encode_image
 from ofa.io_utils import write_atomic
 from ofa_synth.language import corpus_facts, human_answers, pick_balanced, verify_questions
-from ofa_synth.records import CLASS_INDEX, SynthConfig, make_record
+from ofa_synth.records import SynthConfig, detection_boxes, make_record
 from ofa_synth.scenes import Scene
 from ofa_synth.splits import allowed_combos, choose_held_out, keep
 from ofa_synth.vocab import answer_vocabulary, class_names
@@ -140,11 +140,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 counts["visual_grounding"] += 1
             for line in rec.corpus:
                 text.write_row({"uniq_id": text.rows, "text": line})
-            boxes = [f"{o['box'][0]},{o['box'][1]},{o['box'][2]},{o['box'][3]},"
-                     f"{CLASS_INDEX[o['color'] + ' ' + o['shape']]},{o['color']} {o['shape']}"
-                     for o in rec.scene["objects"] if o["box"][2] > o["box"][0] and o["box"][3] > o["box"][1]]
+            boxes = detection_boxes(rec.scene["objects"])
             if boxes:
-                det.write_row({"uniq_id": i, "image": image, "boxes": "&&".join(boxes)})
+                det.write_row({"uniq_id": i, "image": image, "boxes": boxes})
         for s in sinks:
             s.commit()
     except BaseException:

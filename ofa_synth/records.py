@@ -31,7 +31,7 @@ from ofa_synth.scenes import render, sample_scene
 from ofa_synth.splits import COMPOSITIONAL, allowed_combos, choose_held_out, keep, split_of
 from ofa_synth.vocab import Combo, class_names
 
-TASKS = ("caption", "refcoco", "vqa", "snli_ve", "image_classify")
+TASKS = ("caption", "refcoco", "vqa", "snli_ve", "image_classify", "detection", "region_caption")
 CLASS_INDEX = {name: k + 1 for k, name in enumerate(class_names())}  # 1-based, as the official file
 
 
@@ -138,7 +138,39 @@ def make_record(i: int, cfg: SynthConfig) -> ImageRecord:
     name = "{} {}".format(*scene.objects[scene.main].combo)
     rec.rows["image_classify"] = [dict(image=image_b64, label_index=CLASS_INDEX[name], label_name=name)]
 
+    rec.rows["detection"] = [dict(uniq_id=i, image=image_b64, boxes=detection_boxes(rec.scene["objects"]))]
+    rec.rows["region_caption"] = region_captions(rec.rows["refcoco"], split == "train")
+
     if split == "train":  # the text corpus holds training text only
         rec.corpus = [c.text for c in caps] + [q.text for q in questions]
         rec.corpus += [t.text for label, t in hyps if label == "entailment"]
     return rec
+
+
+def detection_boxes(objects: Sequence[dict]) -> str:
+    """The ``boxes`` field of a detection row: every visible object of a scene (``Scene.to_json()["objects"]``)
+    as ``x0,y0,x1,y1,cat_id,colour shape``, ``&&``-joined in drawing order (cat_id 1-based in ``class_names()``)."""
+    items = []
+    for o in objects:
+        x0, y0, x1, y1 = o["box"]
+        if x1 > x0 and y1 > y0:
+            name = f"{o['color']} {o['shape']}"
+            items.append(f"{x0},{y0},{x1},{y1},{CLASS_INDEX[name]},{name}")
+    return "&&".join(items)
+
+
+def region_captions(refcoco_rows: List[dict], train: bool) -> List[dict]:
+    """Grounded-captioning rows from an image's referring expressions (each expression a caption of its
+    object's box): for training one row per expression; for evaluation one row per box with all of its
+    expressions ``&&``-joined (the references), keyed by the first expression's id."""
+    if train:
+        return [dict(uniq_id=r["uniq_id"], image_id=r["image_id"], caption=r["text"], region_coord=r["region_coord"],
+                     image=r["image"]) for r in refcoco_rows]
+    by_box: Dict[str, dict] = {}
+    for r in refcoco_rows:
+        if r["region_coord"] in by_box:
+            by_box[r["region_coord"]]["caption"] += "&&" + r["text"]
+        else:
+            by_box[r["region_coord"]] = dict(uniq_id=r["uniq_id"], image_id=r["image_id"], caption=r["text"],
+                                             region_coord=r["region_coord"], image=r["image"])
+    return list(by_box.values())

@@ -4,7 +4,7 @@ number of images.
 
 All TSV files follow the official column orders (``formats.get_schema(name).columns``). Each file is
 written to a temporary name and renamed when complete, like ``tsv_writer.write_tsv`` (which takes one
-file's rows at a time; here one image feeds fifteen files at once, so the files are kept open side by side).
+file's rows at a time; here one image feeds every file at once, so the files are kept open side by side).
 
 ``ofa-synth generate OUT_DIR`` (``main``) is the command line of ``generate``.
 """
@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ofa-synth generate",
         description="Generate a synthetic multi-task benchmark (captioning, grounding, VQA, visual entailment, "
-                    "image classification, text corpus) in the official OFA TSV formats: train, valid, an "
+                    "image classification, detection, grounded captioning, text corpus) in the official OFA TSV "
+                    "formats: train, valid, an "
                     "i.i.d. test split and a compositional split (comp).")
     p.add_argument("out_dir", help="folder to write (created if missing; files in it are replaced)")
     p.add_argument("--num-images", type=int, default=1000, help="number of images over all splits (default 1000)")

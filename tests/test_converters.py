@@ -510,7 +510,8 @@ def test_snli_ve_unknown_label_and_bad_json_line_raise_dataerror_naming_the_line
 
 # ----------------------------------------------------------------------------------------------- common / CLI
 def test_registry_exposes_every_source_kind():
-    assert set(CONVERTERS) == {"coco_caption", "refcoco", "vqa", "image_folder", "snli_ve"}
+    assert set(CONVERTERS) == {"coco_caption", "refcoco", "vqa", "image_folder", "snli_ve", "coco_detection",
+                               "refcoco_regions", "vg_regions"}
 
 
 def test_cli_each_source_writes_rows_and_prints_the_count(coco, refcoco, vqa, tree, snli, tmp_path, capsys):

@@ -303,7 +303,7 @@ def cli_cases(tmp_path):
         (["hdf5", str(tmp_path / "missing.h5"), str(tmp_path / "o.tsv")], "missing.h5: file not found"),
         (["hdf5", good, str(tmp_path / "o.tsv")], "not an HDF5 file"),
         (["hdf5", good, str(tmp_path / "o.h5")], "converting TSV to HDF5 needs --schema"),
-        (["hdf5", good, str(tmp_path / "o.h5"), "--schema", "captoin"], "did you mean caption?"),
+        (["hdf5", good, str(tmp_path / "o.h5"), "--schema", "captoin"], "did you mean caption or region_caption?"),
         (["cider-df", missing, "--out", str(tmp_path / "w.p")], "missing.tsv"),
         (["cider-df", good, "--out", str(tmp_path / "w.p"), "--image-col", "-1"], "--image-col must be a 0-based"),
         (["convert", "coco", "--out", str(tmp_path / "o.tsv")], "unknown source kind 'coco'; did you mean "),

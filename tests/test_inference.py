@@ -156,6 +156,7 @@ def test_task_option_override_replaces_the_saved_answer_file(bench, tmp_path):
     ("caption", "caption"), ("grounding", "refcoco"), ("refcoco", "refcoco"), ("visual_grounding", "refcoco"),
     ("Visual-Grounding", "refcoco"), ("vqa", "vqa_gen"), ("vqa_gen", "vqa_gen"), ("entailment", "snli_ve"),
     ("snli_ve", "snli_ve"), ("classify", "image_classify"), ("image_classify", "image_classify"),
+    ("itm", "image_text_match"), ("Image-Text-Matching", "image_text_match"), ("retrieval", "image_text_match"),
 ])
 def test_task_aliases_map_to_registered_tasks(alias, name):
     assert inf.canonical_task(alias) == name

@@ -57,6 +57,7 @@ def env(spm_dir, tmp_path_factory):
         "vqa_gen": {"ans2label_file": str(answers)},
         "snli_ve": {},
         "image_classify": {"ans2label_file": str(classes)},
+        "image_text_match": {},
         "unify": {},
     }
     ckpt = {}
@@ -93,6 +94,7 @@ TASKS = [
     ("vqa_gen", {"text": TEXTS}),
     ("snli_ve", {"text": TEXTS, "caption": [None, "a red square", None]}),
     ("image_classify", {}),
+    ("image_text_match", {"text": TEXTS}),
 ]
 
 

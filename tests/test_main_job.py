@@ -18,6 +18,10 @@ def test_every_task_has_a_target_a_file_and_an_init_that_runs_before_it():
         if r.get("init"):
             assert order.index(r["init"]) < k, f"{task} starts from {r['init']}, which runs later"
     assert recipe.EVAL_SPLITS == ("test", "comp")
+    # the default run: the five tasks with targets; the region and retrieval tasks report their metric only
+    assert set(recipe.DEFAULT_TASKS) < set(recipe.RECIPE)
+    assert all(recipe.TARGETS[t][1] is not None for t in recipe.DEFAULT_TASKS)
+    assert main_job.parse_args([]).tasks.split(",") == list(recipe.DEFAULT_TASKS)
 
 
 def test_overrides_set_numbers_paths_null_and_extra_args():

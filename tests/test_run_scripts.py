@@ -22,6 +22,9 @@ TRAIN_SCRIPTS = {
     "vqa": RUN_SCRIPTS / "vqa" / "train_vqa.sh",
     "snli_ve": RUN_SCRIPTS / "snli_ve" / "train_snli_ve.sh",
     "image_classify": RUN_SCRIPTS / "image_classify" / "train_image_classify.sh",
+    "detection": RUN_SCRIPTS / "detection" / "train_detection.sh",
+    "region_caption": RUN_SCRIPTS / "region_caption" / "train_region_caption.sh",
+    "image_text_match": RUN_SCRIPTS / "image_text_match" / "train_image_text_match.sh",
 }
 EVALUATE = RUN_SCRIPTS / "evaluate.sh"
 ALL_SCRIPTS = sorted(RUN_SCRIPTS.rglob("*.sh"))
@@ -35,7 +38,7 @@ SCRIPT_VARS = ["DATA", "DATA_DIR", "BPE_DIR", "CKPT_DIR", "RESTORE_FILE", "SAVE_
                "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "FORCE_CPU", "FP16", "NUM_WORKERS",
                "BATCH_SIZE", "UPDATE_FREQ", "MAX_EPOCH", "MAX_UPDATE", "WARMUP_UPDATES", "TRAIN_ROWS", "SMOKE",
                "SMOKE_DIR", "DEMO_DIR", "SMOKE_EVAL", "DRY_RUN", "OFA_BIN_DIR", "DATASET", "ANS2LABEL", "EMA",
-               "GEN_SUBSET", "RESULTS_DIR", "CIDER_CACHED", "ADD_CAPTION", "CUDA_VISIBLE_DEVICES"]
+               "GEN_SUBSET", "RESULTS_DIR", "CIDER_CACHED", "ADD_CAPTION", "CUDA_VISIBLE_DEVICES", "CLASS_NAMES"]
 
 
 def script_env(**extra) -> dict:
@@ -227,6 +230,17 @@ def test_task_specific_flags():
     assert option(argv, "--max-epoch") == "12" and "refcocog_data/refcocog_train.tsv" in argv[1]
     argv, _ = dry_run(TRAIN_SCRIPTS["image_classify"], "large")
     assert "--imagenet-default-mean-and-std" in argv and option(argv, "--max-update") == "160000"
+    argv, _ = dry_run(TRAIN_SCRIPTS["detection"], "base")
+    assert option(argv, "--task") == "detection" and option(argv, "--max-objects") == "100"
+    assert option(argv, "--class-names") == "/nonexistent/data/coco_detection/detection_train.classes.txt"
+    assert option(argv, "--best-checkpoint-metric") == "ap" and option(argv, "--eval-beam") == "1"
+    argv, _ = dry_run(TRAIN_SCRIPTS["region_caption"], "large")
+    assert option(argv, "--task") == "region_caption" and option(argv, "--lr") == "1e-5"
+    assert option(argv, "--encoder-drop-path-rate") == "0.2" and option(argv, "--best-checkpoint-metric") == "cider"
+    argv, _ = dry_run(TRAIN_SCRIPTS["image_text_match"], "base")
+    assert option(argv, "--task") == "image_text_match" and option(argv, "--max-eval-images") == "1000"
+    assert option(argv, "--best-checkpoint-metric") == "i2t_r1" and option(argv, "--patch-image-size") == "480"
+    assert "caption_data/caption_stage1_train.tsv" in argv[1] and argv[1].endswith("caption_data/caption_val.tsv")
 
 
 def test_schedule_replaces_warmup_ratio():

@@ -20,9 +20,13 @@ TASKS = {
     "vqa_gen": (["--ans2label-file", "{data}/vqa_ans2label.json", "--prompt-type", "prev_output"], "vqa_score"),
     "snli_ve": (["--prompt-type", "prev_output"], "snli_score"),
     "image_classify": (["--ans2label-file", "{data}/class_names.txt"], "accuracy"),
+    "detection": (["--class-names", "{data}/class_names.txt", "--max-objects", "4"], "ap50"),
+    "region_caption": (["--eval-max-len-b", "6"], "cider"),
+    "image_text_match": (["--max-eval-images", "8"], "i2t_r1"),
 }
 FILES = {"caption": "caption", "refcoco": "refcoco", "vqa_gen": "vqa", "snli_ve": "snli_ve",
-         "image_classify": "image_classify"}
+         "image_classify": "image_classify", "detection": "detection", "region_caption": "region_caption",
+         "image_text_match": "caption"}
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +202,29 @@ def test_a_checkpoint_of_another_task_gives_no_generation_settings_or_answers():
     # the same task's saved settings and the command line are kept
     same = build_task_config("refcoco", {**saved, "_name": "refcoco", "eval_max_len_b": 5}, {"eval_min_len": 3})
     assert (same.eval_min_len, same.eval_max_len_b) == (3, 5)
+
+
+def test_region_tasks_predict_and_draw_from_a_checkpoint(bench, tmp_path):
+    """ofa.inference_model on detection (every object, boxes inside the image) and region_caption (the region
+    given as text), and --draw's image; a region outside the image is a one-line InputError."""
+    from ofa.inference import InputError, draw_result, inference_model
+
+    first = next(line for line in open(f"{bench}/detection_test.tsv") if line.strip()).rstrip("\n").split("\t")
+    image = tmp_path / "first.png"
+    image.write_bytes(base64.b64decode(first[1]))  # uniq_id, image, boxes
+    for task in ("detection", "region_caption"):
+        train_main(train_args(task, bench, tmp_path / task))
+    ckpt = str(tmp_path / "detection" / "checkpoint_last.pt")
+    result = inference_model(ckpt, str(image), max_objects=2)
+    assert result["task"] == "detection" and len(result["objects"]) <= 2 and result["logprob"] <= 0
+    for o in result["objects"]:
+        x0, y0, x1, y1 = o["box"]
+        assert 0 <= x0 <= 64 and 0 <= x1 <= 64 and 0 <= y0 <= 64 and 0 <= y1 <= 64 and 0 < o["score"] <= 1
+        assert o["label"] in open(f"{bench}/class_names.txt").read().splitlines()
+    assert draw_result(str(image), result).size == (64, 64)
+    ckpt = str(tmp_path / "region_caption" / "checkpoint_last.pt")
+    result = inference_model(ckpt, str(image), text="2,3,30,40")
+    assert result["region"] == [2.0, 3.0, 30.0, 40.0] and isinstance(result["caption"], str)
+    assert draw_result(str(image), result).size == (64, 64)
+    with pytest.raises(InputError, match="outside the 64x64 image"):
+        inference_model(ckpt, str(image), text="2,3,300,40")

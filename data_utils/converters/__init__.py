@@ -1,8 +1,9 @@
 """Converters from the formats users hold to the official OFA TSV files (docs/tasks.md 1.1).
 
 ``CONVERTERS`` maps a source kind to its ``convert(out, ...)`` function, which writes the TSV atomically and
-returns the number of rows written (an ``int`` carrying ``skipped_rows`` and ``bad_images``). ``main(argv)``
-is the ``ofa-data convert SOURCE_KIND --out OUT.tsv ...`` command line.
+returns the number of rows written (an ``int`` carrying ``skipped_rows`` and ``bad_images``; converters that
+leave records out by rule also carry ``dropped``, {what: count}). ``main(argv)`` is the ``ofa-data convert
+SOURCE_KIND --out OUT.tsv ...`` command line, which prints those counts.
 
 Common behaviour: images are base64 of the original file bytes (never re-encoded) and must decode (unless
 ``--no-verify-images``); a missing or corrupt image raises ``DataError`` naming the source file, the record and
@@ -19,10 +20,20 @@ from typing import Callable, Dict, List, Optional
 from ofa.data_utils.cli import ArgumentParser
 from ofa.data_utils.errors import DataError
 from ofa.errors import unknown_name
-from ofa.data_utils.converters import coco_caption, image_folder, refcoco, snli_ve, vqa
+from ofa.data_utils.converters import (
+    coco_caption,
+    coco_detection,
+    image_folder,
+    refcoco,
+    region_caption_refcoco,
+    region_caption_vg,
+    snli_ve,
+    vqa,
+)
 from ofa.data_utils.converters._common import ConvertResult, add_common_arguments
 
-_MODULES = {m.NAME: m for m in (coco_caption, refcoco, vqa, image_folder, snli_ve)}
+_MODULES = {m.NAME: m for m in (coco_caption, refcoco, vqa, image_folder, snli_ve, coco_detection,
+                                 region_caption_refcoco, region_caption_vg)}
 CONVERTERS: Dict[str, Callable[..., ConvertResult]] = {name: m.convert for name, m in _MODULES.items()}
 
 __all__ = ["CONVERTERS", "ConvertResult", "main"]
@@ -57,6 +68,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"wrote {int(result)} rows to {result.out}")
     for path in getattr(result, "extra_files", ()):
         print(f"wrote {path}")
+    for what, count in getattr(result, "dropped", {}).items():
+        if count:
+            print(f"left out {count} {what}")
     if args.skip_bad:
         print(f"skipped {result.skipped_rows} rows with a missing or corrupt image "
               f"({result.bad_images} distinct image files)")

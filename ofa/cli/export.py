@@ -76,7 +76,10 @@ def _export_onnx(args, handle) -> int:
     if closed:
         task_over["val_inference_type"] = "beamsearch"
     task = handle._task(task_name, task_over)
-    generation = generator_settings(task.build_generator([handle.model], **gen_over))
+    try:
+        generation = generator_settings(task.build_generator([handle.model], **gen_over))
+    except ValueError as e:  # decoding the runtime cannot reproduce (sampling, image codes, detection's grammar)
+        raise ConfigError(f"{task_name}: {e}") from None
     saved = {k: v for k, v in dict(handle.info.task).items() if k not in ("bpe_dir", "data", "ans2label_file")}
     saved.update(task_over, _name=task_name)
     answers = list(task.answer_set.answers) if closed else None

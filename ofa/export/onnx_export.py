@@ -43,7 +43,8 @@ def generator_settings(generator) -> Dict[str, Any]:
     """The JSON form of a ``SequenceGenerator``'s settings (what ``ofa_runtime.BeamSearch`` takes).
 
     Raises:
-        ValueError: sampling or image-code generation, which the export does not cover.
+        ValueError: sampling, image-code generation or a constraint other than a token range or an answer trie
+            (detection's grammar), which the export does not cover.
     """
     from ofa.generate.constraints import TokenRange, TrieConstraint
     from ofa.generate.search import BeamSearch
@@ -65,6 +66,8 @@ def generator_settings(generator) -> Dict[str, Any]:
             out["constraint_range"] = [c.start, c.end]
         elif isinstance(c, TrieConstraint):
             out["constraint_trie"] = trie_sequences(c.trie)
+        else:  # e.g. detection's object grammar: the runtime could not reproduce the decoding
+            raise ValueError(f"the {type(c).__name__} decoding constraint is not exported to ONNX")
     return out
 
 

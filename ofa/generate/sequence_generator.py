@@ -17,7 +17,7 @@ with ``tokens`` (ending with EOS, without BOS), ``score``, ``positional_scores``
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,9 @@ class SequenceGenerator:
         no_repeat_ngram_size: block repeated n-grams (0: off).
         constraint_range: ``"start,end"``: only ids 0-3 and ``[start, end)``.
         constraint_trie: a ``Trie`` of allowed sequences (exclusive with ``constraint_range``).
+        logits_processors: more constraints, applied after those two, each a callable
+            ``(scores [N, V], tokens [N, t], prefix_lens [N] | None) -> scores`` (``constraints.py``; e.g. the
+            detection task's ``DetectionGrammar``).
         zero_shot: apply constraints after log-softmax and walk the trie with the whole row.
         gen_code: image-code generation: ``code_masks`` on, ids 0-3 banned until ``max_len``.
         sampling, sampling_topk, sampling_topp: sample instead of beam search.
@@ -68,6 +71,7 @@ class SequenceGenerator:
         no_repeat_ngram_size: int = 0,
         constraint_range: Optional[str] = None,
         constraint_trie: Optional[Trie] = None,
+        logits_processors: Sequence = (),
         zero_shot: bool = False,
         gen_code: bool = False,
         sampling: bool = False,
@@ -99,6 +103,7 @@ class SequenceGenerator:
         self.constraint_trie = constraint_trie
         if constraint_trie is not None:
             self.constraints.append(TrieConstraint(constraint_trie, zero_shot=zero_shot))
+        self.constraints.extend(logits_processors)
         self.ngram_blocker = NGramBlocker(no_repeat_ngram_size) if no_repeat_ngram_size > 0 else None
         self.gen_code = gen_code
         self.search = Sampling(sampling_topk, sampling_topp) if sampling else BeamSearch()
