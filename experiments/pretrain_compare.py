@@ -20,7 +20,8 @@ benchmark, tokenizer, model and per-task recipe it reuses):
    overwrites its shape features;
 4. zero-shot: the pretrained checkpoint alone, evaluated as ``vqa_gen`` (trie over the answer set) and
    ``refcoco`` (bins-only constraint) on the TEST split, no finetuning (and as ``detection`` / ``region_caption``
-   when those are among ``--tasks``: the mixture holds detection and grounded captioning);
+   / ``image_text_match`` when those are among ``--tasks``: the mixture holds detection, grounded captioning
+   and image-text matching);
 5. per task, the SAME finetuning budget (the main job's recipe updates times ``--finetune-scale``), once
    from the pretrained checkpoint and once from scratch (``ofa-synth run --set TASK.init=...``; no
    curriculum chain, no SCST), both evaluated on TEST and COMP.
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     zero = {}
     zs = {"vqa_gen": ["--ans2label-file", str(data / "vqa_ans2label.json")],
           "refcoco": ["--eval-beam", "1"]}  # the task decodes under its bins-only constraint
-    for task in ("detection", "region_caption"):  # the region tasks, when compared: pretraining holds both
+    for task in ("detection", "region_caption", "image_text_match"):  # when compared: the mixture holds all three
         if task in tasks:
             zs[task] = [a.format(data=data) for a in recipe.RECIPE[task].get("args", [])]
     for task, extra in zs.items():

@@ -32,7 +32,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq import metrics
-from fairseq.logging.meters import Meter
 from fairseq.tasks import register_task
 
 from ofa.data_utils.boxes import bins_to_box, box_iou
@@ -127,33 +126,6 @@ def image_recall(gt: Sequence[Tuple[Sequence[float], str]], pred: Sequence[Dict[
     return found / len(gt)
 
 
-class DetectionMeter(Meter):
-    """fairseq meter gathering validation images' matches; ``summary`` is COCO AP over all of them."""
-
-    def __init__(self, categories):
-        super().__init__()
-        self.categories = list(categories)
-        self.reset()
-
-    def reset(self):
-        self.acc = DetectionAccumulator(self.categories)
-        self._cached: Tuple[int, Dict[str, float]] = (-1, {})
-
-    def update(self, items):
-        for gt, dets in items:
-            self.acc.add(gt, dets)
-
-    @property
-    def summary(self) -> Dict[str, float]:
-        if self._cached[0] != len(self.acc.images):
-            self._cached = (len(self.acc.images), self.acc.summary())
-        return self._cached[1]
-
-    @property
-    def smoothed_value(self) -> float:
-        return self.summary.get("AP", 0.0)
-
-
 @register_task("detection", dataclass=DetectionConfig)
 class DetectionTask(OFATask):
     dataset_cls = DetectionDataset
@@ -166,10 +138,14 @@ class DetectionTask(OFATask):
             raise ConfigError(f"--max-objects must be at least 1, got {cfg.max_objects}")
         self._names: Optional[List[str]] = load_class_names(cfg.class_names) if cfg.class_names else None
         self._grammar: Optional[DetectionGrammar] = None
-        # a validation batch's (ground truth, detections) per image, until reduce_metrics gathers them: lists
-        # cannot travel in fairseq's logging outputs, which several processes sum
+        # a validation batch's (ground truth, detections) per image, until reduce_metrics gathers them (lists
+        # cannot travel in fairseq's logging outputs, which several processes sum), and the matches of this
+        # validation's images so far: the logged ``ap`` / ``ap50`` are derived from them (nothing of it is
+        # kept in a checkpoint's meters)
         self._pending: List[Tuple[Any, Any]] = []
         self._validated = False
+        self._accumulator: Optional[DetectionAccumulator] = None
+        self._summary: Tuple[int, Dict[str, float]] = (-1, {})
 
     def data_config(self):
         import dataclasses
@@ -188,38 +164,49 @@ class DetectionTask(OFATask):
             logger.info(f"{len(self._names)} class names from {path} (give --class-names to fix the list)")
         return self._names
 
-    @property
-    def grammar(self) -> DetectionGrammar:
+    def grammar(self, max_objects: int) -> DetectionGrammar:
+        """The object grammar over this task's class names, ending the list after ``max_objects``."""
         if self._grammar is None:
             trie = Trie(self.dict.eos())
             for name in self.class_names:
                 trie.insert(self.tokenizer.encode(" " + name).tolist() + [self.dict.eos()])
             start = self.vocab.bin_start
-            self._grammar = DetectionGrammar(trie, start, start + self.vocab.num_bins, self.dict.eos(),
-                                             self.cfg.max_objects)
-        return self._grammar
+            self._grammar = DetectionGrammar(trie, start, start + self.vocab.num_bins, self.dict.eos(), max_objects)
+        return DetectionGrammar(self._grammar.names, self._grammar.bin_start, self._grammar.bin_end,
+                                self._grammar.eos, max_objects)
 
-    def max_name_tokens(self) -> int:
-        return max(len(self.tokenizer.encode(" " + n)) for n in self.class_names)
+    def object_tokens(self) -> int:
+        """The most tokens one object can take: four bins and the longest class name."""
+        return 4 + max(len(self.tokenizer.encode(" " + n)) for n in self.class_names)
 
     def generator_kwargs(self):
         kwargs = super().generator_kwargs()
         kwargs["max_len_a"] = 0.0
-        kwargs["max_len_b"] = self.cfg.max_objects * (4 + self.max_name_tokens()) + 1
+        kwargs["max_len_b"] = self.cfg.max_objects * self.object_tokens() + 1
         return kwargs
 
     def build_generator(self, models, args=None, **overrides):
-        overrides.setdefault("logits_processors", [self.grammar])
+        """The task's generator under the object grammar. A ``max_len_b`` below what ``max_objects`` objects
+        can take lowers the number of objects instead (at the length limit only EOS may come, and the grammar
+        does not allow it inside an object: no hypothesis would finish)."""
+        objects = self.cfg.max_objects
+        if "max_len_b" in overrides:
+            objects = min(objects, max(0, (int(overrides["max_len_b"]) - 1) // self.object_tokens()))
+            overrides["max_len_b"] = max(int(overrides["max_len_b"]), objects * self.object_tokens() + 1)
+            overrides["max_len_a"] = 0.0
+        overrides.setdefault("logits_processors", [self.grammar(objects)])
         return super().build_generator(models, args, **overrides)
 
     # ------------------------------------------------------------------ evaluation
     def objects_of(self, hyp, w_ratio: float, h_ratio: float, size) -> List[Dict[str, Any]]:
-        """A hypothesis' objects with their boxes in original-image pixels, clamped to the ``(w, h)`` image."""
+        """A hypothesis' objects with their boxes in original-image pixels (corners ordered: ``x0 <= x1``,
+        ``y0 <= y1``), clamped to the ``(w, h)`` image."""
         w, h = size
         out = []
         for bins, name, name_lp in split_objects(hyp["tokens"].tolist(), hyp["positional_scores"].tolist(),
                                                  self.vocab.bin_start, self.vocab.num_bins, self._decode_ids):
             x0, y0, x1, y1 = bins_to_box(bins, w_ratio, h_ratio, self.cfg.max_image_size, self.cfg.num_bins)
+            (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))  # corners in order, whatever was generated
             box = [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
             out.append({"box": [round(v, 2) for v in box], "label": name, "score": math.exp(name_lp), "bins": bins})
         return out
@@ -234,6 +221,19 @@ class DetectionTask(OFATask):
 
     def score(self, predictions, sample) -> List[float]:
         return [image_recall(gt, pred) for gt, pred in zip(sample["refs"], predictions)]
+
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        self._accumulator, self._pending, self._summary = None, [], (-1, {})
+
+    def validation_summary(self) -> Dict[str, float]:
+        """COCO AP numbers over the images of the current validation so far (``coco_map``'s keys)."""
+        acc = self._accumulator
+        if acc is None:
+            return {"AP": 0.0, "AP50": 0.0}
+        if self._summary[0] != len(acc.images):
+            self._summary = (len(acc.images), acc.summary())
+        return self._summary[1]
 
     def valid_step(self, sample, model, criterion):
         self._validated = True  # every process validates the same number of batches (empty ones included)
@@ -253,14 +253,22 @@ class DetectionTask(OFATask):
             torch.distributed.all_gather_object(gathered, items)  # after a valid_step on every process
             items = [item for part in gathered for item in part]
         if items:
-            metrics.log_custom(lambda: DetectionMeter(self.class_names), "_detections", items)
-            metrics.log_derived("ap", lambda meters: round(meters["_detections"].summary["AP"], 4))
-            metrics.log_derived("ap50", lambda meters: round(meters["_detections"].summary["AP50"], 4))
+            if self._accumulator is None:
+                self._accumulator = DetectionAccumulator(self.class_names)
+            for gt, dets in items:
+                self._accumulator.add(gt, dets)
+            metrics.log_derived("ap", lambda meters: round(self.validation_summary()["AP"], 4))
+            metrics.log_derived("ap50", lambda meters: round(self.validation_summary()["AP50"], 4))
 
     def corpus_metrics(self, predictions, refs):
         if not refs:
             return {}
-        gt = {i: [(tuple(b), n) for b, n in r] for i, r in enumerate(refs)}
+        known = set(self.class_names)
+        unknown = sorted({n for r in refs for _, n in r if n not in known})
+        if unknown:  # the model cannot name them: they are left out of the AP (as coco_map leaves them)
+            logger.warning(f"{len(unknown)} ground-truth classes are not in the class list and are left out of the "
+                           f"AP: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        gt = {i: [(tuple(b), n) for b, n in r if n in known] for i, r in enumerate(refs)}
         dets = {i: [(tuple(p["box"]), p["label"], p["score"]) for p in pred] for i, pred in enumerate(predictions)}
         return {k.lower(): v for k, v in pycocotools_map(gt, dets, categories=self.class_names).items()}
 

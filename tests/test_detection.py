@@ -340,3 +340,58 @@ def test_the_onnx_export_refuses_the_object_grammar_in_one_line():
     gen = SequenceGenerator([PreferenceModel()], tiny_dict(), logits_processors=[grammar])
     with pytest.raises(ValueError, match="the DetectionGrammar decoding constraint is not exported to ONNX"):
         generator_settings(gen)
+
+
+def test_boxes_with_inverted_corners_and_classes_outside_the_list_agree_with_pycocotools():
+    gt = {0: [((0, 0, 10, 10), "a"), ((5, 5, 30, 30), "zebra")], 1: [((2, 2, 8, 8), "a")]}
+    dt = {0: [((20, 0, 10, 10), "a", 0.9), ((0, 0, 10, 10), "a", 0.5)], 1: [((2, 2, 8, 8), "a", 0.7)]}
+    cats = ["a"]  # "zebra" is not in the class list: left out by both
+    assert coco_map(gt, dt, cats) == pytest.approx(pycocotools_map(gt, dt, cats), abs=1e-12)
+
+
+@pytest.fixture()
+def detection_task(tmp_path, spm_dir):
+    import ofa.tasks  # noqa: F401  (registers the tasks)
+    from ofa.tasks.detection import DetectionConfig, DetectionTask
+
+    names = tmp_path / "classes.txt"
+    names.write_text("red circle\nblue square\n")
+    cfg = DetectionConfig(bpe_dir=spm_dir, class_names=str(names), max_objects=5, num_workers=0, seed=1)
+    return DetectionTask.setup_task(cfg)
+
+
+def test_a_short_max_len_override_lowers_the_object_count_so_that_every_hypothesis_can_end(detection_task):
+    per = detection_task.object_tokens()
+    gen = detection_task.build_generator([PreferenceModel()], max_len_b=2 * per + 3)
+    grammar = gen.constraints[-1]
+    assert grammar.max_objects == 2 and gen.max_len_b == 2 * per + 3
+    gen = detection_task.build_generator([PreferenceModel()], max_len_b=3)
+    assert gen.constraints[-1].max_objects == 0  # room for no object: only EOS
+    assert detection_task.build_generator([PreferenceModel()]).constraints[-1].max_objects == 5
+
+
+def test_validation_ap_is_derived_from_the_task_and_leaves_nothing_in_saved_meters(detection_task):
+    """fairseq saves the run's meters in every checkpoint and rebuilds them by class name on resume: the AP
+    must not live in a custom meter. It is derived from the task's accumulator, reset per validation."""
+    from fairseq import metrics
+
+    class Criterion:
+        @staticmethod
+        def reduce_metrics(logging_outputs):
+            pass
+
+    gt = [((0.0, 0.0, 10.0, 10.0), "red circle")]
+    dets = [[((0.0, 0.0, 10.0, 10.0), "red circle", 0.9)], [((50.0, 50.0, 60.0, 60.0), "red circle", 0.9)]]
+    detection_task.begin_valid_epoch(1, None)
+    with metrics.aggregate("valid_test_det") as agg:
+        for det in dets:  # one validation batch each
+            detection_task._validated = True
+            detection_task._pending.append((gt, det))
+            detection_task.reduce_metrics([{}], Criterion())
+        expected = coco_map({0: gt, 1: gt}, {0: dets[0], 1: dets[1]}, ["red circle", "blue square"])
+        assert agg.get_smoothed_values()["ap50"] == round(expected["AP50"], 4) == round(51 / 101, 4)
+        state = agg.state_dict()
+    assert all(cls != "DetectionMeter" for _, _, cls, _ in state)
+    metrics.load_state_dict({"valid_test_det": state})
+    detection_task.begin_valid_epoch(2, None)
+    assert detection_task.validation_summary() == {"AP": 0.0, "AP50": 0.0}

@@ -53,9 +53,11 @@ def box_iou_matrix(dts: np.ndarray, gts: np.ndarray) -> np.ndarray:
     d, g = dts[:, None, :], gts[None, :, :]
     iw = np.minimum(d[..., 0] + d[..., 2], g[..., 0] + g[..., 2]) - np.maximum(d[..., 0], g[..., 0])
     ih = np.minimum(d[..., 1] + d[..., 3], g[..., 1] + g[..., 3]) - np.maximum(d[..., 1], g[..., 1])
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    overlap = (iw > 0) & (ih > 0)
+    inter = np.where(overlap, iw * ih, 0.0)
     union = d[..., 2] * d[..., 3] + g[..., 2] * g[..., 3] - inter
-    return inter / union
+    # no overlap is IoU 0 whatever the union (a box with inverted corners has a union of 0 or below)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=overlap)
 
 
 def _match_image(dt_boxes, dt_scores, gt_boxes, area: Tuple[float, float]):
@@ -215,6 +217,8 @@ def pycocotools_map(ground_truth: GroundTruth, detections: Detections,
     anns = []
     for img, objs in ground_truth.items():
         for box, c in objs:
+            if c not in cat_ids:  # a class outside ``categories``: left out, as coco_map leaves it
+                continue
             x, y, w, h = _xywh(box)
             anns.append({"id": len(anns) + 1, "image_id": image_ids[img], "category_id": cat_ids[c],
                          "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
