@@ -100,7 +100,7 @@ def split_objects(tokens: Sequence[int], logprobs: Sequence[float], bin_start: i
 
     while k + 4 <= n and all(is_bin(int(t)) for t in tokens[k:k + 4]):
         j = k + 4
-        while j < n and not is_bin(int(tokens[j])) and j < n - 1:  # the last token is EOS
+        while j < n - 1 and not is_bin(int(tokens[j])):  # the last token is EOS
             j += 1
         if j == k + 4:
             break
@@ -137,7 +137,7 @@ class DetectionTask(OFATask):
         if cfg.max_objects < 1:
             raise ConfigError(f"--max-objects must be at least 1, got {cfg.max_objects}")
         self._names: Optional[List[str]] = load_class_names(cfg.class_names) if cfg.class_names else None
-        self._grammar: Optional[DetectionGrammar] = None
+        self._names_trie: Optional[Trie] = None
         # a validation batch's (ground truth, detections) per image, until reduce_metrics gathers them (lists
         # cannot travel in fairseq's logging outputs, which several processes sum), and the matches of this
         # validation's images so far: the logged ``ap`` / ``ap50`` are derived from them (nothing of it is
@@ -165,15 +165,14 @@ class DetectionTask(OFATask):
         return self._names
 
     def grammar(self, max_objects: int) -> DetectionGrammar:
-        """The object grammar over this task's class names, ending the list after ``max_objects``."""
-        if self._grammar is None:
-            trie = Trie(self.dict.eos())
+        """The object grammar over this task's class names (their trie built once), ending the list after
+        ``max_objects``."""
+        if self._names_trie is None:
+            self._names_trie = Trie(self.dict.eos())
             for name in self.class_names:
-                trie.insert(self.tokenizer.encode(" " + name).tolist() + [self.dict.eos()])
-            start = self.vocab.bin_start
-            self._grammar = DetectionGrammar(trie, start, start + self.vocab.num_bins, self.dict.eos(), max_objects)
-        return DetectionGrammar(self._grammar.names, self._grammar.bin_start, self._grammar.bin_end,
-                                self._grammar.eos, max_objects)
+                self._names_trie.insert(self.tokenizer.encode(" " + name).tolist() + [self.dict.eos()])
+        start = self.vocab.bin_start
+        return DetectionGrammar(self._names_trie, start, start + self.vocab.num_bins, self.dict.eos(), max_objects)
 
     def object_tokens(self) -> int:
         """The most tokens one object can take: four bins and the longest class name."""
