@@ -43,6 +43,13 @@ def bins_to_box(bins: Union[Tensor, Sequence[int]], w_ratio: float, h_ratio: flo
     return (x0 / w_ratio, y0 / h_ratio, x1 / w_ratio, y1 / h_ratio)
 
 
+def clamp_box(box: Sequence[float], size: Tuple[float, float]) -> Box:
+    """``(x0, y0, x1, y1)`` clamped to a ``size = (w, h)`` image: every coordinate into ``[0, w]`` / ``[0, h]``."""
+    w, h = size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h))
+
+
 def tokens_to_bins(tokens: Union[Tensor, Sequence[int]], bin_start: int) -> Tensor:
     """Token ids -> bin indices (``token - bin_start``)."""
     return torch.as_tensor(tokens, dtype=torch.long) - bin_start

@@ -139,9 +139,11 @@ def box_inside(box: Sequence[float], size: Tuple[int, int], text: str, field: st
 Box = Tuple[float, float, float, float]
 
 
-def parse_detection_boxes(field: str, column: str = "boxes") -> List[Tuple[Box, int, str]]:
+def parse_detection_boxes(field: str, column: str = "boxes",
+                          size: Optional[Tuple[int, int]] = None) -> List[Tuple[Box, int, str]]:
     """``"x0,y0,x1,y1,cat_id,cat_name&&..."`` (pretraining detection) -> ``[(box, cat_id, cat_name)]``: each box
-    four finite numbers with an area, ``cat_id`` a non-negative integer, ``cat_name`` not empty."""
+    four finite numbers with an area (inside a ``size = (w, h)`` image when given, ``box_inside``), ``cat_id`` a
+    non-negative integer, ``cat_name`` not empty."""
     out = []
     for item in field.strip().split("&&"):
         parts = item.strip().split(",", 5)
@@ -153,5 +155,7 @@ def parse_detection_boxes(field: str, column: str = "boxes") -> List[Tuple[Box, 
         name = parts[5].strip()
         if not name:
             raise DataError(f"detection box {item!r} has an empty category name", field=column)
+        if size is not None:
+            box_inside(box, size, ",".join(f"{v:g}" for v in box), column)
         out.append((box, cat_id, name))
     return out

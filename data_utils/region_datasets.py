@@ -60,10 +60,7 @@ class DetectionDataset(OFADataset):
 
     def objects(self, row, size) -> List[Object]:
         field = row["boxes"].strip()
-        out = parse_detection_boxes(field) if field else []
-        for box, _, _ in out:
-            box_inside(box, size, ",".join(f"{v:g}" for v in box), "boxes")
-        return out
+        return parse_detection_boxes(field, size=size) if field else []
 
     def build(self, row):
         img = self.image(row["image"])

@@ -401,8 +401,7 @@ class UnifyDataset(OFADataset):
     def detection_example(self, row, key):
         img = self.image(row["image"])
         boxes, labels = [], []
-        for box, _, name in parse_detection_boxes(row["boxes"]):
-            box_inside(box, img.size, ",".join(f"{v:g}" for v in box), "boxes")
+        for box, _, name in parse_detection_boxes(row["boxes"], size=img.size):
             boxes.append(box)
             labels.append(name)
         rng = self.rng(-1, "det" + key)

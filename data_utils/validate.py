@@ -106,9 +106,7 @@ def _check_code(value: str, row: Row) -> None:
 
 
 def _check_detection(value: str, row: Row) -> None:
-    for box, _, _ in parse_detection_boxes(value):
-        if row.image_size is not None:
-            box_inside(box, row.image_size, ",".join(f"{v:g}" for v in box), "boxes")
+    parse_detection_boxes(value, size=row.image_size)
 
 
 def _check_vl_type(value: str, row: Row) -> None:

@@ -34,7 +34,7 @@ import torch
 from fairseq import metrics
 from fairseq.tasks import register_task
 
-from ofa.data_utils.boxes import bins_to_box, box_iou
+from ofa.data_utils.boxes import bins_to_box, box_iou, clamp_box
 from ofa.data_utils.formats import parse_detection_boxes
 from ofa.data_utils.readers import open_reader
 from ofa.data_utils.region_datasets import DetectionDataset
@@ -200,13 +200,12 @@ class DetectionTask(OFATask):
     def objects_of(self, hyp, w_ratio: float, h_ratio: float, size) -> List[Dict[str, Any]]:
         """A hypothesis' objects with their boxes in original-image pixels (corners ordered: ``x0 <= x1``,
         ``y0 <= y1``), clamped to the ``(w, h)`` image."""
-        w, h = size
         out = []
         for bins, name, name_lp in split_objects(hyp["tokens"].tolist(), hyp["positional_scores"].tolist(),
                                                  self.vocab.bin_start, self.vocab.num_bins, self._decode_ids):
             x0, y0, x1, y1 = bins_to_box(bins, w_ratio, h_ratio, self.cfg.max_image_size, self.cfg.num_bins)
             (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))  # corners in order, whatever was generated
-            box = [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
+            box = clamp_box((x0, y0, x1, y1), size)
             out.append({"box": [round(v, 2) for v in box], "label": name, "score": math.exp(name_lp), "bins": bins})
         return out
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 import torch
 from fairseq.tasks import register_task
 
-from ofa.data_utils.boxes import bins_to_box, grounding_hits
+from ofa.data_utils.boxes import bins_to_box, clamp_box, grounding_hits
 from ofa.data_utils.datasets import RefcocoDataset
 from ofa.draw import draw_box
 from ofa.inference import InferenceSpec, generate_batch, hypothesis_scores, need_text, register_inference
@@ -70,8 +70,7 @@ def _predict(task_name, task, model, sample, sizes, gen_over) -> List[Dict[str, 
     results = []
     for box, hyp, (w, h) in zip(boxes, best, sizes):
         bins = (hyp["tokens"][:4] - task.vocab.bin_start).clamp(0, task.vocab.num_bins - 1)
-        x0, y0, x1, y1 = (float(v) for v in box)
-        box = [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
+        box = clamp_box(box, (w, h))
         results.append({"box": [round(v, 2) for v in box], "bins": [int(b) for b in bins], **hypothesis_scores(hyp)})
     return results
 
