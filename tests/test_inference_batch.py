@@ -78,7 +78,7 @@ def _same(single, batched):
     """Batched and single results agree: the same prediction (tokens), scores within 1e-5."""
     assert set(single) == set(batched)
     for key, value in single.items():
-        if key in ("logprob", "prob", "score"):
+        if key in ("logprob", "prob", "score") or isinstance(value, float):
             assert batched[key] == pytest.approx(value, abs=1e-5), key
         elif key == "top":
             assert [a for a, _ in batched[key]] == [a for a, _ in value]

@@ -120,7 +120,8 @@ class SequenceGenerator:
         """Log-probabilities ``[N, V]`` of the next token for every row of ``tokens [N, t]``.
 
         ``prefilled``: per model, the decoder features ``[N, C]`` of this step when ``_prefill`` has
-        already computed them (the decoder is then not called; the rest of the step is unchanged).
+        already computed them (the decoder is then not called; the rest of the step is unchanged; the
+        caller passes one row per sample and copies the result to the sample's hypotheses).
         """
         code_masks = torch.full((tokens.size(0),), self.gen_code, dtype=torch.bool, device=tokens.device)
         per_model = []
@@ -131,7 +132,9 @@ class SequenceGenerator:
                 logits, _ = model.decoder(tokens, code_masks=code_masks, encoder_out=enc,
                                           incremental_state=state if self.use_cache else None)
                 logits = logits[:, -1, :]
-            logits = logits.float() / self.temperature
+            logits = logits.float()
+            if self.temperature != 1.0:
+                logits = logits / self.temperature
             if not self.zero_shot:
                 for c in self.constraints:
                     logits = c(logits, tokens, prefix_lens)
@@ -176,9 +179,14 @@ class SequenceGenerator:
             feats.append(x)
         return feats
 
-    def _reorder(self, encoder_outs, states, order: Tensor):
+    def _reorder(self, encoder_outs, states, order: Tensor, rows_dropped: bool):
+        """Reorder the decoder caches to the surviving hypotheses ``order``. The encoder output rows of a
+        sample are copies of one another and ``order`` only moves rows within a sample, so the encoder
+        output is gathered only when finished sentences left the batch (``rows_dropped``)."""
         for model, state in zip(self.models, states):
             model.decoder.reorder_incremental_state_scripting(state, order)
+        if not rows_dropped:
+            return encoder_outs
         return [m.encoder.reorder_encoder_out(e, order) for m, e in zip(self.models, encoder_outs)]
 
     # ------------------------------------------------------------------ main loop
@@ -231,25 +239,31 @@ class SequenceGenerator:
         cand_offsets = torch.arange(cand_size, device=device)
         original_idx = torch.arange(bsz, device=device)  # current row -> sample index
         reorder: Optional[Tensor] = None
+        rows_dropped = False
 
         for step in range(max_len + 1):
             if reorder is not None:
-                encoder_outs = self._reorder(encoder_outs, states, reorder)
+                encoder_outs = self._reorder(encoder_outs, states, reorder, rows_dropped)
                 if prefilled is not None:
                     pre_rows = pre_rows[reorder]
             row_prefix = prefix_lens.repeat_interleave(beam) if prefix_lens is not None else None
-            pre = None
             if prefilled is not None and step < n_prefill:
-                pre = [f[pre_rows // beam, step] for f in prefilled]
-            elif prefilled is not None:
+                # every hypothesis of a sample has the sample's prefilled features (BOS, or a prompt forced
+                # under a trie, where the constraint allows everything): one row per sample, then copied
+                samples = (pre_rows // beam).view(-1, beam)[:, 0]
+                pre = [f[samples, step] for f in prefilled]
+                lprobs = self._decode_step(tokens[::beam, : step + 1], encoder_outs, states,
+                                           None if row_prefix is None else row_prefix[::beam], pre)
+                lprobs = lprobs.repeat_interleave(beam, dim=0)
+            else:
                 prefilled = None  # past the prompt: decode step by step from the filled cache
-            lprobs = self._decode_step(tokens[:, : step + 1], encoder_outs, states, row_prefix, pre)
+                lprobs = self._decode_step(tokens[:, : step + 1], encoder_outs, states, row_prefix)
 
             if prefix_tokens is not None and step < prefix_tokens.size(1) and step < max_len:
                 lprobs, tokens, scores = self._force_prefix(step, lprobs, scores, tokens, prefix_tokens, beam)
             elif step < self.min_len:
                 lprobs[:, self.eos] = -math.inf
-            lprobs[lprobs != lprobs] = -math.inf
+            lprobs.nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)  # NaN -> -inf, in one pass
             lprobs[:, self.pad] = -math.inf
             lprobs[:, self.unk] -= self.unk_penalty
             if self.gen_code and step < max_len:
@@ -310,6 +324,7 @@ class SequenceGenerator:
             scores.view(bsz, beam, -1)[:, :, step] = cand_scores.gather(1, active_hypos)
             # cached states still hold the rows of the previous (unpruned) batch
             reorder = active_bbsz if row_map is None else row_map[active_bbsz]
+            rows_dropped = row_map is not None
 
         for i, hyps in enumerate(finalized):
             finalized[i] = sorted(hyps, key=lambda h: float(h["score"]), reverse=True)
@@ -321,12 +336,13 @@ class SequenceGenerator:
         toks = prefix_tokens[:, step].repeat_interleave(beam)
         tok_lprobs = lprobs.gather(-1, toks[:, None])
         forced = toks.ne(self.pad)
-        if self.constraint_trie is None:
-            # the official generator lowers, not removes, the other tokens when no trie is set
-            lprobs[forced] = tok_lprobs.min() - 1
+        # the official generator lowers, not removes, the other tokens when no trie is set
+        fill = tok_lprobs.min() - 1 if self.constraint_trie is None else -math.inf
+        if bool(forced.all()):  # every row forced (the usual case): one fill and one scatter, no masked copies
+            lprobs = torch.empty_like(lprobs).fill_(fill).scatter_(-1, toks[:, None], tok_lprobs)
         else:
-            lprobs[forced] = -math.inf
-        lprobs[forced] = lprobs[forced].scatter(-1, toks[forced][:, None], tok_lprobs[forced])
+            lprobs[forced] = fill
+            lprobs[forced] = lprobs[forced].scatter(-1, toks[forced][:, None], tok_lprobs[forced])
         eos_rows = toks.eq(self.eos)
         if bool(eos_rows.any()):  # prompt ends here: make every beam a copy of the first
             sent_mask = eos_rows.view(-1, beam)[:, 0]

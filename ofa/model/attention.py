@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
+from ofa.model.onednn import Linear
+
 State = Dict[str, Dict[str, Optional[Tensor]]]
 
 try:  # cuDNN's fused attention builds a new plan for every new key length, which makes step-by-step
@@ -31,6 +33,22 @@ try:  # cuDNN's fused attention builds a new plan for every new key length, whic
     _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 except ImportError:  # pragma: no cover - older torch
     sdpa_kernel = None
+
+
+_GROUP = "rows_per_key"  # cross-attention cache entry: consecutive query rows sharing each cached key row
+
+
+def fold_rows(x: Tensor, group: int) -> Tensor:
+    """``[N * group, A, T, D] -> [N, A, group * T, D]``: the ``group`` consecutive rows of each block become
+    one longer query block (beam hypotheses of a sample attending to the sample's encoder keys)."""
+    n, a, t, d = x.shape
+    return x.view(n // group, group, a, t, d).transpose(1, 2).reshape(n // group, a, group * t, d)
+
+
+def unfold_rows(x: Tensor, group: int) -> Tensor:
+    """The inverse of ``fold_rows``: ``[N, A, group * T, D] -> [N * group, A, T, D]``."""
+    n, a, gt, d = x.shape
+    return x.view(n, a, group, gt // group, d).transpose(1, 2).reshape(n * group, a, gt // group, d)
 
 
 @with_incremental_state
@@ -61,10 +79,10 @@ class MultiheadAttention(nn.Module):
         self.dropout = dropout
         self.impl = impl
         self.encoder_decoder_attention = encoder_decoder_attention
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.out_proj = Linear(embed_dim, embed_dim)
         self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
         nn.init.xavier_uniform_(self.k_proj.weight, gain=2 ** -0.5)
         nn.init.xavier_uniform_(self.v_proj.weight, gain=2 ** -0.5)
@@ -103,8 +121,13 @@ class MultiheadAttention(nn.Module):
         """
         q = self._heads(self.q_proj(query) * self.scaling)
         saved = self._get_input_buffer(incremental_state) if incremental_state is not None else None
+        group = 1
         if saved is not None and static_kv and saved.get("prev_key") is not None:
             k, v = saved["prev_key"], saved["prev_value"]
+            group = saved.get(_GROUP, 1)
+            if group > 1 and q.size(0) != k.size(0) * group:
+                raise ValueError(f"cross-attention cache holds {k.size(0)} rows for groups of {group} queries; "
+                                 f"got {q.size(0)} queries")
         else:
             source = query if key_value is None else key_value
             k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
@@ -123,6 +146,12 @@ class MultiheadAttention(nn.Module):
             mask = pad if mask is None else mask + pad
         if mask is not None:
             mask = mask.to(q.dtype)
+        if group > 1:  # the beams of a sample share its keys: their queries become one longer query block
+            rows, _, q_len, _ = q.shape
+            q = fold_rows(q, group)
+            if mask is not None:
+                mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+                mask = fold_rows(mask.expand(rows, mask.size(1), q_len, mask.size(3)), group)
         p = self.dropout if self.training else 0.0
         if self.impl == "sdpa":
             ctx = sdpa_kernel(_CUDA_BACKENDS) if q.is_cuda and sdpa_kernel is not None else nullcontext()
@@ -134,6 +163,8 @@ class MultiheadAttention(nn.Module):
                 logits = logits + mask
             probs = F.dropout(logits.float().softmax(-1).type_as(q), p, self.training)
             out = probs @ v
+        if group > 1:
+            out = unfold_rows(out, group)
         if self.c_attn is not None:
             out = out * self.c_attn.view(1, -1, 1, 1)
         b, _, t, _ = out.shape
@@ -155,10 +186,23 @@ class MultiheadAttention(nn.Module):
         buffer = self._get_input_buffer(incremental_state)
         if not buffer:
             return
+        if self.encoder_decoder_attention and buffer.get("prev_key") is not None:
+            group = buffer.get(_GROUP, 1)
+            if buffer["prev_key"].size(0) * group == new_order.size(0):
+                return  # every beam of a sample shares the same encoder rows
+            # beam expansion or finished samples leaving: keep one row per run of new rows that share one
+            keys, counts = torch.unique_consecutive(torch.div(new_order, group, rounding_mode="floor"),
+                                                    return_counts=True)
+            size = int(counts[0])
+            if not bool((counts == size).all()):
+                keys, size = torch.div(new_order, group, rounding_mode="floor"), 1
+            for name in ("prev_key", "prev_value"):
+                buffer[name] = buffer[name].index_select(0, keys)
+            buffer[_GROUP] = size
+            self._set_input_buffer(incremental_state, buffer)
+            return
         for name, value in list(buffer.items()):
             if value is None:
                 continue
-            if self.encoder_decoder_attention and value.size(0) == new_order.size(0):
-                return  # every beam of a sample shares the same encoder rows
             buffer[name] = value.index_select(0, new_order)
         self._set_input_buffer(incremental_state, buffer)

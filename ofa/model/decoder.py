@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ofa.model.attention import State
 from ofa.model.layers import DecoderLayer
+from ofa.model.onednn import Linear
 from ofa.model.positions import code_position_ids, image_bucket_table, token_bucket_table
 
 
@@ -57,16 +58,16 @@ class OFADecoder(FairseqIncrementalDecoder):
         self.pos_ln = nn.LayerNorm(d)
         self.image_pos_ln = nn.LayerNorm(d)
         self.pos_scaling = float(d / self.num_heads * cfg.attn_scale_factor) ** -0.5
-        self.self_pos_q_linear = nn.Linear(d, d)
-        self.self_pos_k_linear = nn.Linear(d, d)
-        self.cross_pos_q_linear = nn.Linear(d, d)
-        self.cross_pos_k_linear = nn.Linear(d, d)
+        self.self_pos_q_linear = Linear(d, d)
+        self.self_pos_k_linear = Linear(d, d)
+        self.cross_pos_q_linear = Linear(d, d)
+        self.cross_pos_k_linear = Linear(d, d)
 
         rates = torch.linspace(0, cfg.decoder_drop_path_rate, cfg.decoder_layers, device="cpu").tolist()
         self.layers = nn.ModuleList([DecoderLayer(cfg, rates[i]) for i in range(cfg.decoder_layers)])
         self.layer_norm = nn.LayerNorm(d) if cfg.decoder_normalize_before else None
 
-        self.output_projection = nn.Linear(d, len(dictionary), bias=False)
+        self.output_projection = Linear(d, len(dictionary), bias=False)
         if cfg.share_decoder_input_output_embed:
             self.output_projection.weight = self.embed_tokens.weight
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ofa.model.layers import EncoderLayer
+from ofa.model.onednn import Linear
 from ofa.model.positions import image_bucket_table, patch_position_ids, token_bucket_table
 from ofa.model.resnet import build_image_backbone
 
@@ -52,7 +53,7 @@ class OFAEncoder(FairseqEncoder):
         self.layernorm_embedding = nn.LayerNorm(d) if cfg.layernorm_embedding else None
         self.type_embedding = nn.Embedding(2, d) if cfg.add_type_embedding else None
         self.embed_images = build_image_backbone(cfg.resnet_type, cfg.resnet_drop_path_rate, cfg.freeze_resnet)
-        self.image_proj = nn.Linear(self.embed_images.out_channels, d)
+        self.image_proj = Linear(self.embed_images.out_channels, d)
         self.patch_layernorm_embedding = nn.LayerNorm(d) if cfg.patch_layernorm_embedding else None
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -61,8 +62,8 @@ class OFAEncoder(FairseqEncoder):
         self.pos_ln = nn.LayerNorm(d)
         self.image_pos_ln = nn.LayerNorm(d)
         self.pos_scaling = float(d / cfg.encoder_attention_heads * cfg.attn_scale_factor) ** -0.5
-        self.pos_q_linear = nn.Linear(d, d)
-        self.pos_k_linear = nn.Linear(d, d)
+        self.pos_q_linear = Linear(d, d)
+        self.pos_k_linear = Linear(d, d)
 
         rates = torch.linspace(0, cfg.encoder_drop_path_rate, cfg.encoder_layers, device="cpu").tolist()
         self.layers = nn.ModuleList([EncoderLayer(cfg, rates[i]) for i in range(cfg.encoder_layers)])

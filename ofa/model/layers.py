@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ofa.model.attention import MultiheadAttention, State
+from ofa.model.onednn import Linear
 
 
 class DropPath(nn.Module):
@@ -52,8 +53,8 @@ class _FFN(nn.Module):
     """Shared FFN block; subclasses add the attention blocks."""
 
     def _init_ffn(self, cfg, embed_dim: int, ffn_dim: int, drop_path_rate: float):
-        self.fc1 = nn.Linear(embed_dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.fc1 = Linear(embed_dim, ffn_dim)
+        self.fc2 = Linear(ffn_dim, embed_dim)
         self.final_layer_norm = nn.LayerNorm(embed_dim)
         self.ffn_layernorm = nn.LayerNorm(ffn_dim) if cfg.scale_fc else None
         self.w_resid = nn.Parameter(torch.ones(embed_dim)) if cfg.scale_resids else None

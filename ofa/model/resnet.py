@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ofa.model import onednn
 from ofa.model.layers import DropPath
 
 RESNET_LAYERS = {
@@ -52,6 +53,41 @@ def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
                     conv.dilation, conv.groups)
 
 
+def _bn_sources(bn: nn.Module) -> List[torch.Tensor]:
+    return [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+
+
+def conv_bn_fused(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, relu: bool,
+                  add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``relu?(bn(conv(x)) (+ add))`` in one oneDNN call with the BatchNorm folded into a packed kernel
+    (``onednn.fused_conv``; the result is written into ``add``); the caller checks ``onednn.applies`` and
+    that the statistics are fixed."""
+    def folded():
+        scale, shift = batchnorm_affine(bn)
+        return conv.weight * scale.view(-1, 1, 1, 1), shift
+
+    return onednn.fused_conv(conv, x, [conv.weight, *_bn_sources(bn)], folded, relu, add)
+
+
+def _fuse_inference(module: nn.Module, x: torch.Tensor) -> bool:
+    """The oneDNN fused path applies: CPU inference, every BatchNorm of ``module`` with fixed statistics, and
+    no forward hooks (a hook could keep a block's output, which the next block overwrites)."""
+    if not onednn.applies(module, x) or nn.modules.module._global_forward_hooks:
+        return False
+    for m in module.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+        if isinstance(m, nn.BatchNorm2d) and (m.training or m.running_mean is None):
+            return False
+    return True
+
+
+def _drop_packed(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            onednn.drop_packed(m)
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride here, v1.5) -> 1x1 bottleneck, expansion 4, no conv biases."""
 
@@ -70,7 +106,15 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """``fused``: CPU inference through ``conv_bn_fused`` (the caller checked ``_fuse_inference``); the
+        residual is then overwritten with the output, so ``x`` must be an activation no one else holds."""
+        if fused:
+            identity = x if self.downsample is None else conv_bn_fused(self.downsample[0], self.downsample[1], x,
+                                                                        relu=False)
+            out = conv_bn_fused(self.conv1, self.bn1, x, relu=True)
+            out = conv_bn_fused(self.conv2, self.bn2, out, relu=True)
+            return conv_bn_fused(self.conv3, self.bn3, out, relu=True, add=identity)
         identity = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
         out = self.relu(conv_bn(self.conv1, self.bn1, x))
         out = self.relu(conv_bn(self.conv2, self.bn2, out))
@@ -121,8 +165,19 @@ class OFAResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
+        if _fuse_inference(self, x):
+            x = self.maxpool(conv_bn_fused(self.conv1, self.bn1, x, relu=True))
+            for stage in (self.layer1, self.layer2, self.layer3):
+                for block in stage:
+                    x = block(x, fused=True)
+            return x
         x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         return self.layer3(self.layer2(self.layer1(x)))
+
+    def train(self, mode: bool = True):
+        if mode:
+            _drop_packed(self)  # training changes the weights: no packed copy held meanwhile
+        return super().train(mode)
 
 
 class TimmBackbone(nn.Module):
