@@ -63,7 +63,9 @@ def test_lora_wraps_exactly_the_targets_and_only_adapters_train(d):
     assert "pos_q_linear" not in lora_target_regex("q,k,v,out,fc1,fc2")
 
 
-def test_a_fresh_adapter_changes_nothing_and_training_moves_only_the_adapters(d):
+def test_a_fresh_adapter_changes_nothing_and_training_moves_only_the_adapters(d, monkeypatch):
+    # bit for bit: the plain kernels on both sides (LoRA base layers never take the packed oneDNN path)
+    monkeypatch.setenv("OFA_ONEDNN", "0")
     plain = randomize_(build(d)).eval()
     lora = build(d, lora_rank=4, lora_alpha=8)
     lora.load_state_dict(plain.state_dict())  # a plain state dict fits (upgrade_state_dict_named)
@@ -164,7 +166,7 @@ def test_checkpoint_keeps_adapters_and_load_model_and_export_merge_them(d, spm_d
     save_checkpoint(model, str(plain_path), task_cfg={"_name": "caption", "bpe_dir": spm_dir})
     again, _, again_info = load_model(str(plain_path), overrides={"lora_rank": 2})
     assert again_info.model.lora_rank == 2 and hasattr(again.encoder.layers[0].fc1, "base_layer")
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):  # bit for bit: the same (plain) kernels
         torch.testing.assert_close(again(**b)[0], model(**b)[0], rtol=0, atol=0)
 
 

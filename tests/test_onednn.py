@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ofa.model import onednn
+from conftest import make_dictionary, randomize_
+from model_helpers import toy_batch
+from ofa.model import OFAModel, config_for_arch, onednn
 from ofa.model.attention import MultiheadAttention, fold_rows, unfold_rows
 from ofa.model.resnet import OFAResNet
 
@@ -157,3 +159,52 @@ def test_weights_made_in_inference_mode_take_the_plain_path():
         x = torch.randn(2, 16)
         assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
     assert onednn.packed(lin) is None
+
+
+def test_a_cast_round_trip_repacks_the_weight():
+    """``.half().float()`` may return the weight to the same address with the same version: ``_apply`` drops
+    the packed copy, so the rounded weight is what runs."""
+    lin, net = _linear(), _resnet(3)
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        lin(x), net(torch.randn(1, 3, 64, 64))
+        lin.half().float(), net.half().float()
+        assert onednn.packed(lin) is None and onednn.packed(net.conv1) is None
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_torchscript_compiles_the_plain_path():
+    lin = _linear()
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.equal(torch.jit.script(lin)(x), F.linear(x, lin.weight, lin.bias))
+
+
+def test_torch_mkldnn_flags_turn_the_fast_path_off():
+    lin = _linear()
+    x = torch.randn(2, 16)
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
+    assert onednn.packed(lin) is None
+
+
+def test_lora_base_layers_stay_unpacked_so_a_peft_merge_is_seen():
+    """peft's ``merge()`` adds the adapter into the base weight through ``.data`` (no version bump): the base
+    layers of a LoRA model never take the packed path, so the merged model equals the unmerged one."""
+    pytest.importorskip("peft")
+    d = make_dictionary()
+    torch.manual_seed(0)
+    model = randomize_(OFAModel.from_config(config_for_arch("ofa_test", lora_rank=4), d), 0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter
+    model.eval()
+    batch = toy_batch(d)
+    with torch.no_grad():
+        before = model(**batch)[0]
+        layers = [m for m in model.modules() if hasattr(m, "merge") and hasattr(m, "lora_A")]
+        assert layers
+        for m in layers:
+            m.merge()
+        torch.testing.assert_close(model(**batch)[0], before, atol=1e-4, rtol=1e-4)

@@ -1,16 +1,18 @@
 """``experiments/profile_parts.py`` runs every part on a small model and prints its timing and profiler table."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from experiments import profile_parts
 
-BPE = Path(__file__).resolve().parents[2].parent / "shared" / "ofa_bpe"
+REPO = Path(__file__).resolve().parents[2]
+BPE = Path(os.environ.get("OFA_SHARED_DIR", REPO.parent / "shared")) / "ofa_bpe"  # as the project's tests find it
 
 
-@pytest.mark.skipif(not (BPE / "dict.txt").exists(), reason="needs ../shared/ofa_bpe")
+@pytest.mark.skipif(not (BPE / "dict.txt").exists(), reason="the official GPT-2 BPE folder is not available")
 @pytest.mark.parametrize("part", profile_parts.PARTS)
 def test_every_part_prints_its_time_and_profile(part, capsys):
     assert profile_parts.main(["--part", part, "--arch", "ofa_test", "--bpe-dir", str(BPE), "--batch-size", "2",

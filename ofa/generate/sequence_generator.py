@@ -44,7 +44,8 @@ class SequenceGenerator:
         constraint_trie: a ``Trie`` of allowed sequences (exclusive with ``constraint_range``).
         logits_processors: more constraints, applied after those two, each a callable
             ``(scores [N, V], tokens [N, t], prefix_lens [N] | None) -> scores`` (``constraints.py``; e.g. the
-            detection task's ``DetectionGrammar``).
+            detection task's ``DetectionGrammar``), row by row: at prefilled steps (BOS, a prompt forced under
+            a trie) the rows are one per sample, not one per hypothesis.
         zero_shot: apply constraints after log-softmax and walk the trie with the whole row.
         gen_code: image-code generation: ``code_masks`` on, ids 0-3 banned until ``max_len``.
         sampling, sampling_topk, sampling_topp: sample instead of beam search.

@@ -35,6 +35,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from torch import Tensor, nn
 
 from ofa.errors import ConfigError
+from ofa.model import onednn
 from ofa.model.config import freeze_patterns, lora_target_names
 
 ADAPTER = "default"  # peft's adapter name; it is part of the state-dict keys
@@ -73,7 +74,12 @@ def inject_lora(model: nn.Module, rank: int, alpha: float, targets: str, dropout
     # peft's ``lora_alpha`` is the numerator; ``alpha / rank`` is the scale
     config = peft.LoraConfig(r=rank, lora_alpha=(alpha or rank), lora_dropout=dropout,
                              target_modules=lora_target_regex(targets), bias="none")
-    return peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    model = peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    for module in model.modules():  # peft's merge() / unmerge() rewrite a base weight through .data
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Module):
+            onednn.keep_unpacked(base)
+    return model
 
 
 def _pattern_matches(pattern: str, name: str) -> bool:

@@ -6,8 +6,9 @@ projection (``[V, C]`` with V = 59,457) that costs more than the product itself:
 (a beam-5 step of 8 samples): 18 ms plain, 7 ms with the weight packed once; 128 rows: 46 -> 21 ms.
 A ResNet convolution with a packed weight and its ReLU (or the residual add + ReLU closing a bottleneck)
 fused into the same kernel skips a pass over the activations: the 64 x 64 stage ran 1.5-2.2x faster.
-The fused convolution computes exactly what ``conv -> + shift -> (+ identity) -> relu`` computes (same
-sums, same order); the packed linear sums in oneDNN's order, within a few units in the last place.
+Each fused convolution computes exactly what its ``conv -> + shift -> relu`` computes; the residual is added
+inside the kernel and the packed linear sums in oneDNN's order, so the backbone and the logits differ from
+the plain path by a few units in the last place (about 3e-6 on ofa_tiny's logits).
 
 Only where nothing needs a gradient and nothing records the graph: the module in eval mode, autograd
 off, float32 on the CPU, no tracing, scripting, ONNX export or ``torch.compile``, no CPU autocast.
@@ -16,8 +17,10 @@ Anything else takes the plain path. ``OFA_ONEDNN=0`` turns the fast path off.
 A packed weight is kept beside its module (a weak map) with a key of every source tensor's storage address, version
 counter and shape, so an optimizer step, ``load_state_dict`` or ``.to()`` invalidates it, and it is
 dropped when the module enters training mode, so a training run holds no stale copies between
-validations. Writes through ``param.data`` bypass the version counter (fairseq's optimizers step that
-way, always in training mode): after such a write outside training, call ``drop_packed`` or ``train()``. It costs one extra copy of the weights while the model runs inference.
+validations, and when the module is moved or cast (``_apply``). Writes through ``param.data`` bypass the
+version counter (fairseq's optimizers step that way, always in training mode; peft's LoRA merge too, whose
+base layers ``ofa.model.finetune`` marks ``keep_unpacked``): after such a write outside training, call
+``drop_packed`` or ``train()``. It costs one extra copy of the weights while the model runs inference.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _PACKED: "weakref.WeakKeyDictionary[nn.Module, Tuple]" = weakref.WeakKeyDictionary()  # module -> (key, packed)
+_UNPACKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # modules whose weights others rewrite in place
 _ROWS_HINT = 64  # rows the packed linear layout is tuned for (any row count is computed correctly)
 
 
@@ -38,7 +42,7 @@ def _ops_present() -> bool:
         return (torch.backends.mkldnn.is_available()
                 and all(hasattr(torch.ops.mkldnn, name) for name in (
                     "_reorder_linear_weight", "_linear_pointwise",
-                    "_reorder_convolution_weight", "_convolution_pointwise")))
+                    "_reorder_convolution_weight", "_convolution_pointwise", "_convolution_pointwise_")))
     except (AttributeError, RuntimeError):  # pragma: no cover - a torch built without oneDNN
         return False
 
@@ -47,8 +51,16 @@ AVAILABLE = _ops_present()
 
 
 def enabled() -> bool:
-    """oneDNN present and not turned off by ``OFA_ONEDNN=0`` (read at every call, so tests can toggle it)."""
-    return AVAILABLE and os.environ.get("OFA_ONEDNN", "1") != "0"
+    """oneDNN present and not turned off, by ``OFA_ONEDNN=0`` or ``torch.backends.mkldnn.flags(enabled=False)``
+    (read at every call, so either can be toggled at run time)."""
+    return AVAILABLE and torch.backends.mkldnn.enabled and os.environ.get("OFA_ONEDNN", "1") != "0"
+
+
+def keep_unpacked(module: nn.Module) -> None:
+    """Never pack ``module``'s weight: for a layer whose weight someone rewrites through ``.data`` outside
+    training (peft's LoRA ``merge()`` / ``unmerge()`` add the adapter into the base layer that way)."""
+    drop_packed(module)
+    _UNPACKED.add(module)
 
 
 def _graph_recorded() -> bool:
@@ -65,7 +77,7 @@ def applies(module: nn.Module, x: Tensor) -> bool:
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad:
         return False
-    if torch.is_autocast_enabled("cpu") or _graph_recorded():
+    if torch.is_autocast_enabled("cpu") or _graph_recorded() or module in _UNPACKED:
         return False
     return not any(t.is_inference() for t in (*module.parameters(), *module.buffers()))
 
@@ -107,6 +119,12 @@ class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, names and initialisation) whose CPU inference uses ``packed_linear``."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles only the plain path
+            return F.linear(x, self.weight, self.bias)
+        return self._eager(x)
+
+    @torch.jit.unused
+    def _eager(self, x: Tensor) -> Tensor:
         if applies(self, x):
             return packed_linear(self, x)
         return F.linear(x, self.weight, self.bias)
@@ -115,6 +133,10 @@ class Linear(nn.Linear):
         if mode:
             drop_packed(self)  # training changes the weights: no packed copy held meanwhile
         return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        drop_packed(self)  # .to() / .half() / .float(): a round trip may land at the same address and version
+        return super()._apply(fn, *args, **kwargs)
 
 
 def fused_conv(conv: nn.Conv2d, x: Tensor, sources: Sequence[Tensor], folded, relu: bool,

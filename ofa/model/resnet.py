@@ -179,6 +179,10 @@ class OFAResNet(nn.Module):
             _drop_packed(self)  # training changes the weights: no packed copy held meanwhile
         return super().train(mode)
 
+    def _apply(self, fn, *args, **kwargs):
+        _drop_packed(self)  # .to() / .half() / .float(): a round trip may land at the same address and version
+        return super()._apply(fn, *args, **kwargs)
+
 
 class TimmBackbone(nn.Module):
     """Any timm CNN truncated at its stride-``stride`` stage: ``[B, 3, S, S] -> [B, C, S/stride, S/stride]``.
