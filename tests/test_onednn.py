@@ -1,6 +1,6 @@
-"""The CPU inference kernels (``ofa.model.onednn``) and the beam-grouped cross-attention cache: each fast
-path computes what the plain path computes, and is left whenever it could be wrong (gradients, training,
-changed weights, hooks)."""
+"""The CPU inference kernels (``ofa.model.onednn``) and the decoding caches (beam-grouped cross-attention,
+self-attention stores with spare capacity): each fast path computes what the plain path computes, and is
+left whenever it could be wrong (gradients, training, changed weights, hooks, hand-filled caches)."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import make_dictionary, randomize_
 from model_helpers import toy_batch
 from ofa.model import OFAModel, config_for_arch, onednn
-from ofa.model.attention import MultiheadAttention, fold_rows, unfold_rows
+from ofa.model.attention import MultiheadAttention, append_to_cache, fold_rows, unfold_rows
 from ofa.model.resnet import OFAResNet
 
 pytestmark = pytest.mark.skipif(not onednn.AVAILABLE, reason="this torch has no oneDNN")
@@ -208,3 +208,38 @@ def test_lora_base_layers_stay_unpacked_so_a_peft_merge_is_seen():
         for m in layers:
             m.merge()
         torch.testing.assert_close(model(**batch)[0], before, atol=1e-4, rtol=1e-4)
+
+
+def test_self_attention_cache_appends_in_place_and_grows_by_doubling():
+    k0, v0 = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    cache = append_to_cache({}, k0, v0)
+    store = cache["key_store"]
+    assert store.size(2) == 16 and torch.equal(cache["prev_key"], k0)
+    steps = [torch.randn(2, 3, 1, 4) for _ in range(11)]
+    for i, k in enumerate(steps):
+        cache = append_to_cache(cache, k, k + 1)
+        if i < 11:  # 5 + 11 = 16 positions fit the first store: written in place
+            assert cache["key_store"] is store
+    want = torch.cat([k0, *steps], dim=2)
+    assert torch.equal(cache["prev_key"], want) and torch.equal(cache["prev_value"][:, :, 5:], want[:, :, 5:] + 1)
+    cache = append_to_cache(cache, steps[0], steps[0])  # the 17th position: a store twice as large
+    assert cache["key_store"].size(2) == 34 and torch.equal(cache["prev_key"][:, :, :16], want)
+
+
+def test_a_hand_filled_cache_is_concatenated_and_a_reorder_keeps_the_capacity():
+    k0 = torch.randn(2, 3, 4, 4)
+    cache = append_to_cache({"prev_key": k0, "prev_value": k0}, k0[:, :, :1], k0[:, :, :1])  # no store: as ONNX
+    assert torch.equal(cache["prev_key"], torch.cat([k0, k0[:, :, :1]], dim=2))
+    torch.manual_seed(0)
+    attn = MultiheadAttention(12, 3).eval()
+    state = {}
+    x = torch.randn(2, 3, 12)
+    with torch.no_grad():
+        full = attn(x, attn_mask=torch.triu(torch.full((3, 3), float("-inf")), 1))
+        step = [attn(x[:, i:i + 1], incremental_state=state) for i in range(2)]
+        attn.reorder_incremental_state(state, torch.tensor([1, 0]))
+        buffer = attn._get_input_buffer(state)
+        assert buffer["key_store"].size(2) == 16 and buffer["prev_key"].size(2) == 2
+        last = attn(x[[1, 0], 2:3], incremental_state=state)
+    torch.testing.assert_close(torch.cat(step, 1), full[:, :2], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(last, full[[1, 0], 2:3], atol=1e-6, rtol=1e-6)

@@ -183,7 +183,10 @@ class SequenceGenerator:
     def _reorder(self, encoder_outs, states, order: Tensor, rows_dropped: bool):
         """Reorder the decoder caches to the surviving hypotheses ``order``. The encoder output rows of a
         sample are copies of one another and ``order`` only moves rows within a sample, so the encoder
-        output is gathered only when finished sentences left the batch (``rows_dropped``)."""
+        output is gathered only when finished sentences left the batch (``rows_dropped``). An order that
+        moves nothing (beam 1, sampling until a hypothesis ends) copies nothing."""
+        if not rows_dropped and torch.equal(order, torch.arange(order.numel(), device=order.device)):
+            return encoder_outs
         for model, state in zip(self.models, states):
             model.decoder.reorder_incremental_state_scripting(state, order)
         if not rows_dropped:

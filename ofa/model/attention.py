@@ -51,6 +51,44 @@ def unfold_rows(x: Tensor, group: int) -> Tensor:
     return x.view(n, a, group, gt // group, d).transpose(1, 2).reshape(n * group, a, gt // group, d)
 
 
+_STORES = ("key_store", "value_store")  # self-attention cache: [N, H, capacity, dh]; prev_key/value view [:t]
+
+
+def append_to_cache(buffer: Dict[str, Optional[Tensor]], k: Tensor, v: Tensor) -> Dict[str, Optional[Tensor]]:
+    """A self-attention cache with ``k``, ``v`` ``[N, H, new, dh]`` appended after its ``prev_key`` /
+    ``prev_value`` ``[N, H, t, dh]``.
+
+    The keys live in a store with spare capacity (doubled when full) and ``prev_key`` is a view of its
+    first ``t + new`` positions, so a step writes its keys in place instead of copying the whole cache
+    (``torch.cat`` made decoding quadratic in the length: 1,024 image codes copied the cache 1,024
+    times). A cache whose ``prev_key`` is not a view of its store (filled by hand, as the ONNX export
+    does) or a traced graph takes the plain concatenation."""
+    prev_k, prev_v = buffer.get("prev_key"), buffer.get("prev_value")
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        if prev_k is not None:
+            k, v = torch.cat([prev_k, k], dim=2), torch.cat([prev_v, v], dim=2)
+        return {"prev_key": k, "prev_value": v}
+    t = 0 if prev_k is None else prev_k.size(2)
+    stores = [buffer.get(name) for name in _STORES]
+    usable = prev_k is not None and all(
+        store is not None and store.size(0) == k.size(0) and store.data_ptr() == prev.data_ptr()
+        for store, prev in zip(stores, (prev_k, prev_v)))
+    if not usable or t + k.size(2) > stores[0].size(2):  # no store yet, or full: a new one, twice as large
+        capacity = max(2 * (t + k.size(2)), 16)
+        fresh = []
+        for prev, new in ((prev_k, k), (prev_v, v)):
+            store = new.new_empty(new.size(0), new.size(1), capacity, new.size(3))
+            if t:
+                store[:, :, :t] = prev
+            fresh.append(store)
+        stores = fresh
+    end = t + k.size(2)
+    for store, new in zip(stores, (k, v)):
+        store[:, :, t:end] = new
+    return {"prev_key": stores[0][:, :, :end], "prev_value": stores[1][:, :, :end],
+            "key_store": stores[0], "value_store": stores[1]}
+
+
 @with_incremental_state
 class MultiheadAttention(nn.Module):
     """Multi-head attention over batch-first tensors.
@@ -131,10 +169,11 @@ class MultiheadAttention(nn.Module):
         else:
             source = query if key_value is None else key_value
             k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
-            if saved is not None and not static_kv and saved.get("prev_key") is not None:
-                k = torch.cat([saved["prev_key"], k], dim=2)
-                v = torch.cat([saved["prev_value"], v], dim=2)
-            if incremental_state is not None:
+            if incremental_state is not None and not static_kv:
+                self._set_input_buffer(incremental_state, append_to_cache(saved or {}, k, v))
+                saved = self._get_input_buffer(incremental_state)
+                k, v = saved["prev_key"], saved["prev_value"]
+            elif incremental_state is not None:
                 self._set_input_buffer(incremental_state, {"prev_key": k, "prev_value": v})
 
         mask = attn_bias
@@ -199,6 +238,14 @@ class MultiheadAttention(nn.Module):
             for name in ("prev_key", "prev_value"):
                 buffer[name] = buffer[name].index_select(0, keys)
             buffer[_GROUP] = size
+            self._set_input_buffer(incremental_state, buffer)
+            return
+        if buffer.get("key_store") is not None and buffer.get("prev_key") is not None:
+            # reorder the stores (spare capacity included) and view their filled part again
+            t = buffer["prev_key"].size(2)
+            for store, prev in zip(_STORES, ("prev_key", "prev_value")):
+                buffer[store] = buffer[store].index_select(0, new_order)
+                buffer[prev] = buffer[store][:, :, :t]
             self._set_input_buffer(incremental_state, buffer)
             return
         for name, value in list(buffer.items()):
