@@ -36,7 +36,8 @@ project is faster (the JSON also has every time, the minimum and the best rate).
 median step time. On CUDA the device is synchronised around every timed call and the peak memory of each
 side's calls is recorded (``torch.cuda.max_memory_allocated`` after a reset: ``peak_mem_mb``; both models stay
 resident, so ``peak_above_start_mb``, that peak less what was allocated before the call, is the part's own
-working memory); ``--bf16`` times under ``torch.autocast(bfloat16)`` (the agreement check stays fp32).
+working memory); ``--bf16`` times both sides under ``torch.autocast(bfloat16)`` on the device, CPU included
+(the agreement check stays fp32).
 
 Run from the repository root (a checkout of OFA-Sys/OFA, e.g. ``git clone https://github.com/OFA-Sys/OFA``):
 
@@ -135,7 +136,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
                    help="GPT-2 BPE folder with dict.txt (default $OFA_BPE_DIR)")
     p.add_argument("--arch", default="ofa_tiny", help=f"one of {', '.join(OFFICIAL_ARCHS)}")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--bf16", action="store_true", help="time under torch.autocast(bfloat16) (CUDA only)")
+    p.add_argument("--bf16", action="store_true", help="time both sides under torch.autocast(bfloat16) on the device")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=256)
@@ -181,8 +182,6 @@ def check_config(cfg: BenchConfig) -> None:
         raise ConfigError(f"--arch: {unknown_name('architecture', cfg.arch, OFFICIAL_ARCHS)}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: CUDA is not available")
-    if cfg.bf16 and cfg.device != "cuda":
-        raise ConfigError("--bf16 needs --device cuda")
     for name in ("batch_size", "repeats", "tgt_len"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
@@ -416,7 +415,7 @@ def time_interleaved(calls: Dict[str, Callable[[], Any]], cfg: BenchConfig, resu
 
 
 def _autocast(cfg: BenchConfig):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+    return torch.autocast(cfg.device, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
 
 
 def time_eval(cfg: BenchConfig, sides: Sequence[Side], batch: Batch) -> PartResult:
