@@ -118,7 +118,24 @@ def packed_linear(module: nn.Linear, x: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, kernel, bias, "none", [], "")
 
 
-class Linear(nn.Linear):
+class DropsPacked:
+    """Mixin for a module whose weights (its own or its submodules') may be packed: entering training mode
+    (training changes the weights: no packed copy is held meanwhile) or being moved or cast (``.to()``,
+    ``.half()``, ``.float()``: a round trip may land at the same address and version) forgets them."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            for m in self.modules():
+                drop_packed(m)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        for m in self.modules():
+            drop_packed(m)
+        return super()._apply(fn, *args, **kwargs)
+
+
+class Linear(DropsPacked, nn.Linear):
     """``nn.Linear`` (same parameters, names and initialisation) whose CPU inference uses ``packed_linear``."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -131,15 +148,6 @@ class Linear(nn.Linear):
         if x.numel() * self.out_features >= _MIN_MACS and applies(self, x):
             return packed_linear(self, x)
         return F.linear(x, self.weight, self.bias)
-
-    def train(self, mode: bool = True):
-        if mode:
-            drop_packed(self)  # training changes the weights: no packed copy held meanwhile
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        drop_packed(self)  # .to() / .half() / .float(): a round trip may land at the same address and version
-        return super()._apply(fn, *args, **kwargs)
 
 
 def fused_conv(conv: nn.Conv2d, x: Tensor, sources: Sequence[Tensor], folded, relu: bool,

@@ -82,12 +82,6 @@ def _fuse_inference(module: nn.Module, x: torch.Tensor) -> bool:
     return True
 
 
-def _drop_packed(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            onednn.drop_packed(m)
-
-
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride here, v1.5) -> 1x1 bottleneck, expansion 4, no conv biases."""
 
@@ -122,7 +116,7 @@ class Bottleneck(nn.Module):
         return self.relu(identity + self.drop_path(out))
 
 
-class OFAResNet(nn.Module):
+class OFAResNet(onednn.DropsPacked, nn.Module):
     """Stem + stages 1-3 of a Bottleneck ResNet: ``[B, 3, S, S] -> [B, 1024, S/16, S/16]``.
 
     Activations run channels-last (NHWC in memory; shapes are unchanged): oneDNN on the CPU and cuDNN on
@@ -173,15 +167,6 @@ class OFAResNet(nn.Module):
             return x
         x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def train(self, mode: bool = True):
-        if mode:
-            _drop_packed(self)  # training changes the weights: no packed copy held meanwhile
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        _drop_packed(self)  # .to() / .half() / .float(): a round trip may land at the same address and version
-        return super()._apply(fn, *args, **kwargs)
 
 
 class TimmBackbone(nn.Module):
