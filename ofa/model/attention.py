@@ -170,9 +170,9 @@ class MultiheadAttention(nn.Module):
             source = query if key_value is None else key_value
             k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
             if incremental_state is not None and not static_kv:
-                self._set_input_buffer(incremental_state, append_to_cache(saved or {}, k, v))
-                saved = self._get_input_buffer(incremental_state)
-                k, v = saved["prev_key"], saved["prev_value"]
+                cache = append_to_cache(saved or {}, k, v)
+                self._set_input_buffer(incremental_state, cache)
+                k, v = cache["prev_key"], cache["prev_value"]
             elif incremental_state is not None:
                 self._set_input_buffer(incremental_state, {"prev_key": k, "prev_value": v})
 

@@ -161,9 +161,9 @@ def fused_conv(conv: nn.Conv2d, x: Tensor, sources: Sequence[Tensor], folded, re
 
     def build():
         weight, bias = folded()
-        packed = torch.ops.mkldnn._reorder_convolution_weight(weight.detach(), padding, stride, dilation,
+        kernel = torch.ops.mkldnn._reorder_convolution_weight(weight.detach(), padding, stride, dilation,
                                                               conv.groups, list(x.shape))
-        return packed, None if bias is None else bias.detach()
+        return kernel, None if bias is None else bias.detach()
 
     kernel, bias = _cached(conv, sources, build)
     unary = "relu" if relu else "none"
