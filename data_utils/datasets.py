@@ -94,6 +94,7 @@ class OFADataset(FairseqDataset):
                             reader.path)
         self._pos = [names.index(c) for c in self.columns]
         self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.imagenet_norm else (MEAN, STD)
+        self.epoch = 1  # fairseq's epoch (set_epoch), for datasets that draw per epoch
 
     @property
     def skipped(self) -> int:
@@ -138,6 +139,7 @@ class OFADataset(FairseqDataset):
         return self.cfg.max_src_length
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.reader.set_epoch(epoch)
 
     # ---------------------------------------------------------------- helpers

@@ -89,13 +89,8 @@ class ImageTextMatchDataset(OFADataset):
 
     def __init__(self, reader, tokenizer, cfg, split="train"):
         super().__init__(reader, tokenizer, cfg, split)
-        self.epoch = 1
         # evaluation: global row -> indices of its references among the split's candidate texts
         self.positives: Optional[List[List[int]]] = None
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.epoch = epoch
 
     def gather_candidates(self) -> List[str]:
         """Read every row of the reader's file (global rows ``0 .. total - 1``): returns the candidate texts (every

@@ -30,7 +30,7 @@ from ofa.data_utils.boxes import box_to_bin_string
 from ofa.data_utils.datasets import OFADataset
 from ofa.data_utils.formats import box_inside, parse_box, parse_detection_boxes
 from ofa.data_utils.transforms import square_resize
-from ofa.data_utils.unify_dataset import DETECTION_PROMPT, REGION_CAPTION_PROMPT
+from ofa.data_utils.unify_dataset import DETECTION_PROMPT, region_caption_source
 
 Object = Tuple[Tuple[float, float, float, float], int, str]
 
@@ -49,14 +49,6 @@ class DetectionDataset(OFADataset):
     """``" what are the objects in the image?"`` -> ``(<bin> x4 + " name")*``."""
 
     columns = ("uniq_id", "image", "boxes")
-
-    def __init__(self, reader, tokenizer, cfg, split="train"):
-        super().__init__(reader, tokenizer, cfg, split)
-        self.epoch = 1
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.epoch = epoch
 
     def objects(self, row, size) -> List[Object]:
         field = row["boxes"].strip()
@@ -110,9 +102,8 @@ class RegionCaptionDataset(OFADataset):
         w_ratio, h_ratio = S / img.size[0], S / img.size[1]
         tensor = square_resize(img, S, self.mean, self.std)
         tgt, captions = self.caption_target(row["caption"])
-        region = self.encode(box_to_bin_string(box, w_ratio, h_ratio, self.cfg.max_image_size, self.cfg.num_bins))
-        src = torch.cat([torch.tensor([self.bos]), self.encode(REGION_CAPTION_PROMPT), region,
-                         torch.tensor([self.eos])])
+        src = region_caption_source(self, box_to_bin_string(box, w_ratio, h_ratio, self.cfg.max_image_size,
+                                                            self.cfg.num_bins))
         return self.example(src, tgt, tensor, uniq_id=row["uniq_id"], refs=captions, region=list(box))
 
     def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -63,15 +63,7 @@ def row_rng(*parts: Any) -> np.random.Generator:
 
 
 class _TextDataset(OFADataset):
-    """Text-only sample plumbing: epoch tracking for per-row seeds."""
-
-    def __init__(self, reader, tokenizer, cfg: DataConfig, split: str = "train"):
-        super().__init__(reader, tokenizer, cfg, split)
-        self.epoch = 1
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.epoch = epoch
+    """Text-only sample plumbing (per-row seeds use ``OFADataset.epoch``)."""
 
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         ex = super().__getitem__(index)

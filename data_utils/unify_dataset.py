@@ -100,6 +100,13 @@ ITM_PROMPT = ' does the image describe " {} "?'
 ITM_QA_PROMPT = ' what is the answer to question " {} ". is " {} "?'
 GROUNDING_PROMPT = ' which region does the text " {} " describe?'
 REGION_CAPTION_PROMPT = "  what does the region describe? region:"
+
+
+def region_caption_source(dataset, region: str) -> torch.Tensor:
+    """``[bos] + REGION_CAPTION_PROMPT + region + [eos]`` for ``dataset`` (an ``OFADataset``), the prompt and the
+    region's ``<bin>`` string (``box_to_bin_string``) encoded apart, as the official unify dataset does."""
+    return torch.cat([torch.tensor([dataset.bos]), dataset.encode(REGION_CAPTION_PROMPT), dataset.encode(region),
+                      torch.tensor([dataset.eos])])
 TEXT_PREFIX = ' what is the complete text of "'
 TEXT_SUFFIX = ' "?'
 IMAGE_PROMPT = " what is the image in the middle part?"
@@ -195,7 +202,6 @@ class UnifyDataset(OFADataset):
 
     def __init__(self, reader, tokenizer, cfg: UnifyDataConfig, split: str = "train"):
         super().__init__(reader, tokenizer, cfg, split)
-        self.epoch = 1
         self.text_reader = self.image_reader = self.detection_reader = None
         self.negatives: Optional[NegativePools] = None
         self.word_starts = word_start_flags(tokenizer)
@@ -217,7 +223,6 @@ class UnifyDataset(OFADataset):
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
-        self.epoch = epoch
         for r in (self.text_reader, self.image_reader, self.detection_reader):
             if r is not None:
                 r.set_epoch(epoch)
@@ -298,8 +303,7 @@ class UnifyDataset(OFADataset):
                 raise DataError("empty grounding text", field="caption")
             out.append(self.vl_example(self.source(GROUNDING_PROMPT.format(text)), self.encode(region), image, uid))
             if self.is_train:
-                src = torch.cat([torch.tensor([self.bos]), self.encode(REGION_CAPTION_PROMPT), self.encode(region),
-                                 torch.tensor([self.eos])])
+                src = region_caption_source(self, region)
                 tgt = self.encode(" " + pre_caption(row["caption"], c.max_tgt_length))
                 out.append(self.vl_example(src, tgt, image, uid))
             return {"vl": out}
