@@ -35,20 +35,26 @@ def recall_at_k(scores: torch.Tensor, positives: Sequence[Union[int, Sequence[in
     return out
 
 
+def itm_source(tokenizer, text: str, max_words: int = DEFAULT_MAX_WORDS) -> torch.Tensor:
+    """The encoder input of the ITM prompt for ``text`` (cleaned like captions: ``pre_caption``): ``[L]`` ids."""
+    from ofa.data_utils.text import pre_caption
+
+    return tokenizer.encode_line(ITM_PROMPT.format(pre_caption(text, max_words)))
+
+
 @torch.no_grad()
-def itm_logprobs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], batch_size: int = 16,
-                 max_words: int = DEFAULT_MAX_WORDS) -> torch.Tensor:
+def itm_logprobs(model, tokenizer, images: torch.Tensor, texts: Sequence[Union[str, torch.Tensor]],
+                 batch_size: int = 16, max_words: int = DEFAULT_MAX_WORDS) -> torch.Tensor:
     """``log p(" yes" | image, ITM prompt of text)`` for every pair ``(images[i], texts[i])``: float64 ``[N]``.
 
     Args:
         model: an ``OFAModel`` (eval mode is set).
         tokenizer: its tokenizer (``ofa.tokenizer.load_tokenizer``).
         images: ``[N, 3, S, S]`` preprocessed (``ofa.data_utils.transforms.square_resize``).
-        texts: ``N`` texts (cleaned like captions: ``pre_caption``).
+        texts: ``N`` texts, or their ``itm_source`` ids (a caller scoring one text against many images
+            encodes it once).
     """
     from fairseq.data.data_utils import collate_tokens
-
-    from ofa.data_utils.text import pre_caption
 
     if len(images) != len(texts):
         raise ValueError(f"{len(images)} images for {len(texts)} texts")
@@ -62,7 +68,7 @@ def itm_logprobs(model, tokenizer, images: torch.Tensor, texts: Sequence[str], b
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
-        lines = [tokenizer.encode_line(ITM_PROMPT.format(pre_caption(t, max_words))) for t in chunk]
+        lines = [t if isinstance(t, torch.Tensor) else itm_source(tokenizer, t, max_words) for t in chunk]
         src = collate_tokens(lines, d.pad()).to(device)  # right-padded [n, L]
         imgs = images[start:start + batch_size].to(device=device, dtype=dtype)
         logits, _ = model(src, src.ne(d.pad()).sum(1), prev.expand(len(chunk), -1), patch_images=imgs,

@@ -34,7 +34,7 @@ from fairseq.tasks import register_task
 from ofa.data_utils.itm_dataset import FirstRows, ImageTextMatchDataset
 from ofa.errors import ConfigError
 from ofa.inference import InferenceSpec, need_text, register_inference
-from ofa.ranking import itm_logprobs, recall_at_k
+from ofa.ranking import itm_logprobs, itm_source, recall_at_k
 from ofa.tasks.ofa_task import OFATask, OFATaskConfig
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class ImageTextMatchTask(OFATask):
         if cfg.max_eval_images < 0:
             raise ConfigError(f"--max-eval-images must be >= 0 (0: every row), got {cfg.max_eval_images}")
         self.candidates: Optional[List[str]] = None  # the evaluation split's texts (every split but train's)
+        self._candidate_sources: List[torch.Tensor] = []  # their ITM prompts' ids (ofa.ranking.itm_source)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         """As ``OFATask``'s; an evaluation split is then cut to ``--max-eval-images`` rows and its candidate texts
@@ -101,6 +102,8 @@ class ImageTextMatchTask(OFATask):
                                                          self.tokenizer, self.data_config(), split)
             logger.info(f"{split}: the first {ds.reader.total} of {total} rows (--max-eval-images)")
         self.candidates = ds.gather_candidates()
+        # each candidate's prompt is encoded once here, not once per image it is scored against
+        self._candidate_sources = [itm_source(self.tokenizer, t, self.cfg.max_src_length) for t in self.candidates]
         logger.info(f"{split}: {ds.reader.total} images x {len(self.candidates)} candidate texts to score")
 
     def inference(self, model, sample) -> List[torch.Tensor]:
@@ -109,7 +112,7 @@ class ImageTextMatchTask(OFATask):
         if self.candidates is None:
             raise ConfigError("image_text_match scores images against an evaluation split's texts: load one first")
         images = sample["net_input"]["patch_images"]  # [B, 3, S, S]
-        texts, n = self.candidates, len(self.candidates)
+        texts, n = self._candidate_sources, len(self.candidates)
         per_call, total, parts = self.cfg.valid_batch_size, len(images) * n, []
         for start in range(0, total, per_call):  # pair p = (image p // n, text p % n)
             pairs = torch.arange(start, min(start + per_call, total))

@@ -168,12 +168,10 @@ def coco_map(ground_truth: GroundTruth, detections: Detections,
              categories: Optional[Iterable[Hashable]] = None) -> Dict[str, float]:
     """COCO's six box AP numbers (see the module docstring); ``categories`` default: those of the ground
     truth (any hashable labels: ids or names). Detections of other categories are ignored."""
-    cats = _categories(ground_truth, categories)
-    keep = set(cats)
-    images = sorted(ground_truth, key=str)
-    matches = [match_image(ground_truth[img], [d for d in detections.get(img, ()) if d[1] in keep], cats)
-               for img in images]
-    return accumulate(matches, cats)
+    acc = DetectionAccumulator(_categories(ground_truth, categories))
+    for img in sorted(ground_truth, key=str):
+        acc.add(ground_truth[img], detections.get(img, ()))
+    return acc.summary()
 
 
 class DetectionAccumulator:
