@@ -246,6 +246,7 @@ class OFADataset(FairseqDataset):
         if "w_resize_ratio" in samples[0]:
             batch["w_resize_ratios"] = torch.tensor([s["w_resize_ratio"] for s in samples])
             batch["h_resize_ratios"] = torch.tensor([s["h_resize_ratio"] for s in samples])
+        if "region_coord" in samples[0]:
             batch["region_coords"] = torch.tensor([s["region_coord"] for s in samples])
         return batch
 

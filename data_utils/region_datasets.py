@@ -80,10 +80,10 @@ class DetectionDataset(OFADataset):
 
     def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         samples = [s for s in samples if s is not None]
-        stripped = [{k: v for k, v in s.items() if k not in ("w_resize_ratio", "h_resize_ratio")} for s in samples]
-        batch = super().collater(stripped)
+        batch = super().collater(samples)
         if batch:
             batch["image_sizes"] = [tuple(s["image_size"]) for s in samples]
+            # float64, not the base collater's float32: the boxes are scaled back with these ratios
             batch["w_resize_ratios"] = torch.tensor([s["w_resize_ratio"] for s in samples], dtype=torch.float64)
             batch["h_resize_ratios"] = torch.tensor([s["h_resize_ratio"] for s in samples], dtype=torch.float64)
         return batch
