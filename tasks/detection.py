@@ -266,7 +266,7 @@ class DetectionTask(OFATask):
         if unknown:  # the model cannot name them: they are left out of the AP (as coco_map leaves them)
             logger.warning(f"{len(unknown)} ground-truth classes are not in the class list and are left out of the "
                            f"AP: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-        gt = {i: [(tuple(b), n) for b, n in r if n in known] for i, r in enumerate(refs)}
+        gt = {i: [(tuple(b), n) for b, n in r] for i, r in enumerate(refs)}  # pycocotools_map leaves unknowns out
         dets = {i: [(tuple(p["box"]), p["label"], p["score"]) for p in pred] for i, pred in enumerate(predictions)}
         return {k.lower(): v for k, v in pycocotools_map(gt, dets, categories=self.class_names).items()}
 

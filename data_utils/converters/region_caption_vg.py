@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image
 
+from ofa.data_utils.boxes import clamp_box
 from ofa.data_utils.converters._common import (
     ConvertResult,
     ImageReader,
@@ -88,10 +89,9 @@ def _image_size(path: str) -> Optional[Tuple[int, int]]:
 
 def _clipped(box: Tuple[float, ...], size: Optional[Tuple[int, int]]) -> Optional[str]:
     """``x0,y0,x1,y1`` clipped to a ``w x h`` image, ``None`` when no area is left (after rounding)."""
-    x0, y0, x1, y1 = box
     if size is not None:
-        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(size[0])), min(y1, float(size[1]))
-    coords = [format_number(v) for v in (x0, y0, x1, y1)]
+        box = clamp_box(box, size)
+    coords = [format_number(v) for v in box]
     if not (float(coords[0]) < float(coords[2]) and float(coords[1]) < float(coords[3])):
         return None
     return ",".join(coords)
