@@ -24,7 +24,9 @@ Then each part is timed on the same inputs, official and project interleaved (of
 project ... for ``--repeats`` rounds, after one warm-up call each):
 
 - ``train``: forward + label-smoothed cross-entropy (eps 0.1, one function for both) + backward +
-  Adam step (fairseq's ``adam``, see ``adam_step``), in train mode -> samples/s;
+  Adam step (fairseq's ``adam`` as each side's ``--optimizer adam`` runs it on the CPU: ``adam_step``;
+  ``--use-old-adam`` gives the project fairseq's op-by-op arithmetic instead of the fused kernel), in train
+  mode -> samples/s;
 - ``eval``: teacher-forced forward under ``no_grad`` in eval mode -> samples/s;
 - ``beam``: beam-5 generation of exactly ``--tgt-len`` tokens per sample -> generated tokens/s (batch x
   tgt-len, the best hypothesis' tokens; the beam computes 5 x as many);
@@ -120,6 +122,7 @@ class BenchConfig:
     lr: float = 1e-5
     seed: int = 0
     quick: bool = False
+    old_adam: bool = False
     out: Optional[str] = None
 
 
@@ -147,6 +150,9 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed logit difference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat (for tests)")
+    p.add_argument("--use-old-adam", action="store_true",
+                   help="the project's train step uses fairseq's op-by-op Adam arithmetic (as ofa-train "
+                        "--use-old-adam), not the fused kernel")
     p.add_argument("--out", metavar="FILE.json", help="write the results as JSON")
     a = p.parse_args(list(argv))
     if not a.official:
@@ -155,7 +161,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     cfg = BenchConfig(official=a.official, bpe_dir=a.bpe_dir or "", arch=a.arch, device=a.device, bf16=a.bf16,
                       threads=a.threads, batch_size=a.batch_size, image_size=a.image_size, src_len=a.src_len,
                       tgt_len=a.tgt_len, repeats=a.repeats, parts=parse_parts(a.parts), atol=a.atol,
-                      seed=a.seed, quick=a.quick, out=a.out)
+                      seed=a.seed, quick=a.quick, old_adam=a.use_old_adam, out=a.out)
     if a.quick:
         cfg = dataclasses.replace(cfg, batch_size=2, image_size=64, src_len=8, tgt_len=4, repeats=1)
     return cfg
@@ -460,10 +466,12 @@ def time_trie(cfg: BenchConfig, sides: Sequence[Side], batch: Batch, answers, eo
     return result
 
 
-def adam_step(side: Side) -> Callable[[Any], Any]:
+def adam_step(side: Side, optimizer, fused: bool = True) -> Callable[[Any], Any]:
     """The Adam step each side trains with under ``--optimizer adam`` (without apex): fairseq's per-tensor
-    loop for the official code; the same update over lists of tensors (``ofa.cli.fast_step``, installed by
-    the project's commands) for the project. Both compute the same numbers."""
+    loop for the official code; ``ofa.cli.fast_step``'s (installed by the project's commands) for the
+    project: torch's fused kernel with fairseq's arithmetic (``fused``; equal up to float32 rounding), or
+    fairseq's ops over lists of tensors (bit for bit, as ``--use-old-adam``). ``optimizer`` is marked for
+    the fused kernel as ``FairseqAdam`` marks the one it builds."""
     import inspect
 
     from fairseq.optim import adam as fairseq_adam
@@ -471,7 +479,10 @@ def adam_step(side: Side) -> Callable[[Any], Any]:
     from ofa.cli.fast_step import foreach_adam_step
 
     fairseq_step = inspect.unwrap(fairseq_adam.Adam.step)  # past torch's profiling hook and any patch
-    return foreach_adam_step(fairseq_step) if side.name == "project" else fairseq_step
+    if side.name != "project":
+        return fairseq_step
+    optimizer.ofa_fused = fused
+    return foreach_adam_step(fairseq_step)
 
 
 def time_train(cfg: BenchConfig, sides: Sequence[Side], batch: Batch, pad: int) -> PartResult:
@@ -485,7 +496,7 @@ def time_train(cfg: BenchConfig, sides: Sequence[Side], batch: Batch, pad: int) 
 
     def call(side: Side) -> Callable[[], Any]:
         optimizer = Adam(side.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-        step = adam_step(side)
+        step = adam_step(side, optimizer, fused=not cfg.old_adam)
 
         def run():
             optimizer.zero_grad(set_to_none=True)
@@ -507,6 +518,7 @@ def time_train(cfg: BenchConfig, sides: Sequence[Side], batch: Batch, pad: int) 
     with counter:
         calls["project"]()
     flops = counter.get_total_flops()
+    result.extra["project_adam"] = "fairseq ops over lists" if cfg.old_adam else "fused kernel"
     result.extra["first_loss"] = losses
     result.extra["first_loss_abs_diff"] = abs(losses["official"] - losses["project"])
     result.extra["project_step_gflop"] = flops / 1e9

@@ -76,7 +76,7 @@ def build_call(part: str, arch: str, bpe_dir: Optional[str], batch_size: int, im
 
         model.train()
         optimizer = Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-        step = co.adam_step(side)
+        step = co.adam_step(side, optimizer)  # the fused kernel, as ofa-train's --optimizer adam
 
         def call():
             optimizer.zero_grad(set_to_none=True)

@@ -4,12 +4,10 @@ from __future__ import annotations
 import base64
 import io
 
-import pytest
 from PIL import Image
 
-from data_helpers import caption_rows, png, refcoco_rows, vqa_rows, write
+from data_helpers import caption_rows, refcoco_rows, vqa_rows, write
 from ofa.data_utils.cli import main as ofa_data
-from ofa.data_utils.errors import DataError
 from ofa.data_utils.validate import validate_file
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_helpers import caption_rows, refcoco_rows, vqa_rows, write
+from data_helpers import refcoco_rows, write
 from ofa.data_utils.datasets import DATASETS, DataConfig
 from ofa.data_utils.errors import DataError
 from ofa.data_utils.readers import TSVReader

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
 
 from test_tasks_e2e import bench, train_args  # noqa: F401  (fixture reuse)
 

@@ -1,6 +1,7 @@
 """The cheaper training step gives the same numbers: closed-set constraint masks (one trie walk as deep as the
 trie, a cached table of allowed tokens) equal the per-position ``TrieConstraint`` walk, and fairseq's Adam and
-gradient clipping over lists of tensors (``ofa.cli.fast_step``) give bit-identical weights on the CPU."""
+gradient clipping over lists of tensors (``ofa.cli.fast_step``) give bit-identical weights on the CPU, and the
+fused Adam kernel that ``--optimizer adam`` steps through gives fairseq's update up to float32 rounding."""
 from __future__ import annotations
 
 import inspect
@@ -100,14 +101,16 @@ def _fairseq_originals():
     return Adam, inspect.unwrap(Adam.step), inspect.unwrap(fairseq_utils.clip_grad_norm_), fairseq_utils.clip_grad_norm_
 
 
-def _train(step, clip, weight_decay, steps=5, amsgrad=False, dtype=torch.float32):
-    """Weights, grad norms and optimizer state after ``steps`` of random gradients (one missing once)."""
+def _train(step, clip, weight_decay, steps=5, amsgrad=False, dtype=torch.float32, fused=False):
+    """Weights, grad norms and optimizer state after ``steps`` of random gradients (one missing once);
+    ``fused``: the optimizer asks for the fused kernel, as ``FairseqAdam`` makes it do."""
     Adam = _fairseq_originals()[0]
     g = torch.Generator().manual_seed(1)
     shapes = [(7, 5), (5,), (3, 4, 2), (1,), (64, 33)]
     params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
     opt = Adam([{"params": params[:3]}, {"params": params[3:], "lr": 3e-3}], lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                weight_decay=weight_decay, amsgrad=amsgrad)
+    opt.ofa_fused = fused
     norms = []
     for k in range(steps):
         for i, p in enumerate(params):
@@ -143,11 +146,56 @@ def test_foreach_adam_chunks_and_fallbacks_change_nothing(monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(ref[0], new[0]))
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_fused_adam_gives_fairseqs_update_up_to_rounding(weight_decay):
+    """fairseq's eps placement and decoupled decay through torch's fused kernel: the same weights within float32
+    rounding after 5 steps (eps matters: some gradients are tiny), and fairseq's state layout."""
+    Adam, original_step, original_clip, patched_clip = _fairseq_originals()
+    ref = _train(original_step, original_clip, weight_decay, steps=5)
+    new = _train(lambda opt: opt.step(), patched_clip, weight_decay, steps=5, fused=True)
+    assert not all(torch.equal(a, b) for a, b in zip(ref[0], new[0]))  # the fused kernel did run
+    for a, b in zip(ref[0], new[0]):
+        torch.testing.assert_close(b, a, rtol=2e-6, atol=1e-7)
+    for key, state in ref[2].items():
+        assert state["step"] == new[2][key]["step"] and isinstance(new[2][key]["step"], int)
+        torch.testing.assert_close(new[2][key]["exp_avg"], state["exp_avg"], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(new[2][key]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-6, atol=1e-9)
+
+
+def test_fused_adam_follows_fairseqs_eps_placement():
+    """With eps as large as sqrt(v), torch's own placement (eps added after dividing by sqrt(1 - beta2^t)) would
+    move the first step far off (its eps is 1 / sqrt(1 - 0.999) times fairseq's); the fused path keeps fairseq's."""
+    Adam, original_step, _, _ = _fairseq_originals()
+    results = []
+    for fused in (False, True):
+        p = torch.nn.Parameter(torch.zeros(4))
+        opt = Adam([p], lr=1.0, betas=(0.9, 0.999), eps=0.5)
+        opt.ofa_fused = fused
+        p.grad = torch.tensor([0.5, -0.5, 2.0, 1e-3])
+        (opt.step() if fused else original_step(opt))
+        results.append(p.detach().clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=0)
+
+
+def test_optimizer_adam_is_fused_unless_use_old_adam():
+    from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
+
+    fast_step.install()
+    for old in (False, True):
+        cfg = FairseqAdamConfig(lr=[1e-3], adam_betas="(0.9, 0.999)", use_old_adam=old, tpu=False)
+        param = torch.nn.Parameter(torch.randn(3))
+        param.grad = torch.randn(3)
+        opt = FairseqAdam(cfg, [param])
+        assert opt._optimizer.ofa_fused is (not old) and fast_step.fused_ready(opt._optimizer) is (not old)
+
+
 def test_install_is_idempotent():
     from fairseq import utils as fairseq_utils
     from fairseq.optim.adam import Adam
 
     fast_step.install()
-    step, clip = Adam.step, fairseq_utils.clip_grad_norm_
+    from fairseq.optim.adam import FairseqAdam
+
+    step, clip, init = Adam.step, fairseq_utils.clip_grad_norm_, FairseqAdam.__init__
     fast_step.install()
-    assert Adam.step is step and fairseq_utils.clip_grad_norm_ is clip
+    assert Adam.step is step and fairseq_utils.clip_grad_norm_ is clip and FairseqAdam.__init__ is init

@@ -25,7 +25,7 @@ from fairseq.data import Dictionary
 from fairseq.ngram_repeat_block import NGramRepeatBlock
 
 from ofa.generate import NGramBlocker, SequenceGenerator, TokenRange, Trie, TrieConstraint
-from ofa.generate.search import BeamSearch, Sampling
+from ofa.generate.search import BeamSearch, Sampling, beam_candidates
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 W1, W2, W3, W4, W5 = 4, 5, 6, 7, 8
@@ -215,6 +215,38 @@ def test_beam_search_step_proposes_two_beams_of_candidates_and_expands_only_firs
     want = (lprobs + prev).view(2, -1).topk(6)
     assert torch.allclose(scores1, want.values)
     assert torch.equal(beams1 * V + idx1, want.indices)
+
+
+def test_beam_candidates_equal_the_flat_topk_of_the_summed_scores():
+    g = torch.Generator().manual_seed(1)
+    for vocab in (3, 7, 500):
+        lprobs = torch.log_softmax(torch.randn(4, 5, vocab, generator=g), -1)
+        prev = torch.randn(4, 5, 1, generator=g)
+        for k in (1, 10, min(14, 5 * vocab - 1)):
+            scores, tokens, hyps = beam_candidates(lprobs, prev, k)
+            want = (lprobs + prev).view(4, -1).topk(k)
+            assert torch.equal(scores, want.values) and torch.equal(hyps * vocab + tokens, want.indices)
+
+
+def test_beam_candidates_take_the_flat_topk_where_finite_scores_tie():
+    # a forced prefix: every token but the forced one holds the same fill value, so the flat topk's own
+    # choice among equal scores decides which tokens the other candidates carry
+    lprobs = torch.full((2, 3, 50), -7.0)
+    lprobs[:, :, 4] = -0.5
+    prev = torch.tensor([[[-1.0], [-1.0], [-2.0]], [[0.0], [-3.0], [-3.0]]])
+    scores, tokens, hyps = beam_candidates(lprobs, prev, 6)
+    want = (lprobs + prev).view(2, -1).topk(6)
+    assert torch.equal(scores, want.values) and torch.equal(hyps * 50 + tokens, want.indices)
+
+
+def test_beam_candidates_leave_out_of_search_hypotheses_in_any_order():
+    # under a constraint most tokens are -inf: the finite candidates come first, best first, as in the flat topk
+    lprobs = torch.full((1, 3, 20), -math.inf)
+    lprobs[0, 0, 5], lprobs[0, 1, 2], lprobs[0, 2, 9] = -0.1, -0.2, -0.3
+    scores, tokens, hyps = beam_candidates(lprobs, torch.zeros(1, 3, 1), 6)
+    assert scores[0, :3].tolist() == pytest.approx([-0.1, -0.2, -0.3])
+    assert tokens[0, :3].tolist() == [5, 2, 9] and hyps[0, :3].tolist() == [0, 1, 2]
+    assert torch.isinf(scores[0, 3:]).all()
 
 
 # ---------------------------------------------------------------------------- 2. min_len / max_len

@@ -6,8 +6,6 @@ generations (free beam search, bins-only constraint range, answer trie) and the 
 """
 from __future__ import annotations
 
-import gzip
-import io
 
 import pytest
 import torch

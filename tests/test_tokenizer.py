@@ -1,8 +1,6 @@
 """The unified vocabulary and both tokenizers (official GPT-2 BPE, SentencePiece)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -41,8 +41,9 @@ def setup() -> None:
     fairseq calls ``torch.load`` with the torch >= 2.6 default (``weights_only``); official and
     fairseq-written checkpoints hold ``argparse.Namespace`` configs and numpy scalars, which are
     allowlisted here. Nothing else is: arbitrary pickled objects are still refused. fairseq's training
-    loop is patched for empty batches (``ofa.cli.empty_batches``) and its Adam step and gradient clipping
-    run over lists of tensors (``ofa.cli.fast_step``: the same numbers, far fewer ops per update), and
+    loop is patched for empty batches (``ofa.cli.empty_batches``); ``--optimizer adam`` steps through torch's
+    fused Adam kernel with fairseq's arithmetic (equal up to float32 rounding; ``--use-old-adam``: fairseq's
+    ops over lists of tensors, bit for bit) and gradient clipping takes one norm call (``ofa.cli.fast_step``);
     ``--ddp-backend fully_sharded`` shards with torch's FSDP instead of fairscale's (``ofa.cli.sharded``).
     """
     import ofa  # noqa: F401  (registers models, tasks and criteria)

@@ -1,16 +1,23 @@
-"""fairseq's Adam step and gradient clipping over all tensors at once (``torch._foreach_*``), same numbers.
+"""fairseq's Adam step and gradient clipping with fewer, larger ops; ``install()`` (called once by
+``ofa.cli.common.setup``) patches both.
 
 fairseq's ``Adam`` (what ``--optimizer adam`` runs wherever no fused CUDA Adam is installed, so always on
 the CPU) updates the parameters one by one, eight small ops each, and ``fairseq.utils.clip_grad_norm_``
 (without apex's ``amp_C``) takes one norm per gradient: for the main job's 158 parameter tensors about
-1,400 ops per update, each a kernel launch on a GPU and a Python round trip on the CPU. ``install()``
-(called once by ``ofa.cli.common.setup``) makes both issue the same ops over lists of tensors:
+1,400 ops per update, each a kernel launch on a GPU and a Python round trip on the CPU. After ``install()``:
 
-- ``Adam.step``: per parameter the same arithmetic in the same order (moments, ``sqrt(v) + eps``, the
-  decoupled weight decay, ``addcdiv``) with the same Python-float coefficients, so the weights are the
-  same bit for bit where the foreach ops run the per-tensor kernels (the CPU). The state (``step`` as an
-  int, ``exp_avg``, ``exp_avg_sq``) and so the checkpoints keep fairseq's layout. Groups that need more
-  (amsgrad, sparse or half-precision tensors) take fairseq's own loop.
+- ``--optimizer adam`` (``FairseqAdam`` building fairseq's ``Adam``) steps through torch's fused Adam kernel
+  (``torch._fused_adamw_``: one pass over each tensor, no temporaries) with fairseq's arithmetic: its
+  ``sqrt(v) + eps`` denominator and ``lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` step size are torch's
+  update with ``eps / sqrt(1 - beta2^t)``, and the decoupled weight decay is the same product. The weights
+  agree with fairseq's loop up to float32 rounding (about 1e-7 relative per step), as fairseq's own fused
+  CUDA Adam does; ``--use-old-adam`` keeps fairseq's op-by-op arithmetic (next item).
+- fairseq's ``Adam`` otherwise (``--use-old-adam``, or built directly): per parameter the same ops in the
+  same order (moments, ``sqrt(v) + eps``, the decoupled weight decay, ``addcdiv``) with the same
+  Python-float coefficients, over lists of tensors (``torch._foreach_*``), so the weights are the same bit
+  for bit where the foreach ops run the per-tensor kernels (the CPU).
+- Both keep fairseq's state (``step`` as an int, ``exp_avg``, ``exp_avg_sq``), so checkpoints are
+  interchangeable. Groups that need more (amsgrad, sparse or half-precision tensors) take fairseq's loop.
 - ``clip_grad_norm_``: the per-gradient float32 norms in one ``_foreach_norm`` call, then fairseq's
   ``norm(stack(norms))`` and clipping. Only the path fairseq takes without ``amp_C`` changes; the
   norm stays on the gradients' device (fairseq moved it to the current GPU even for ``--cpu`` runs).
@@ -38,6 +45,7 @@ def install() -> None:
     # torch wraps an optimizer class's ``step`` in its profiling hook at first construction: patch the bare one
     original = getattr(fairseq_adam.Adam.step, "__wrapped__", fairseq_adam.Adam.step)
     fairseq_adam.Adam.step = foreach_adam_step(original)
+    fairseq_adam.FairseqAdam.__init__ = _marks_fused(fairseq_adam.FairseqAdam.__init__)
     fairseq_utils.clip_grad_norm_ = _foreach_clip_grad_norm(fairseq_utils.clip_grad_norm_)
     fairseq_adam.Adam._ofa_foreach = True
 
@@ -56,16 +64,46 @@ def foreach_ready(optimizer) -> bool:
     return True
 
 
+def _marks_fused(original_init):
+    """``FairseqAdam.__init__`` that lets the fairseq ``Adam`` it builds take the fused kernel unless
+    ``--use-old-adam`` (fairseq's own switch to its plain Adam) is given."""
+    @functools.wraps(original_init)
+    def __init__(self, cfg, params):
+        original_init(self, cfg, params)
+        from fairseq.optim.adam import Adam
+
+        if isinstance(self._optimizer, Adam):
+            self._optimizer.ofa_fused = not getattr(cfg, "use_old_adam", False)
+
+    return __init__
+
+
+def fused_ready(optimizer) -> bool:
+    """Whether the optimizer asked for the fused kernel (``ofa_fused``; ``FairseqAdam`` sets it), torch has
+    one for every parameter's device, and ``foreach_ready`` holds."""
+    if not getattr(optimizer, "ofa_fused", False) or not hasattr(torch, "_fused_adamw_"):
+        return False
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    for group in optimizer.param_groups:
+        if any(p.grad is not None and p.device.type not in devices for p in group["params"]):
+            return False
+    return foreach_ready(optimizer)
+
+
 def foreach_adam_step(original):
-    """fairseq's ``Adam.step`` (``original``) over lists of tensors where ``foreach_ready``, else ``original``."""
+    """fairseq's ``Adam.step`` (``original``) through the fused kernel where ``fused_ready``, else over lists
+    of tensors where ``foreach_ready``, else ``original``."""
     @functools.wraps(original)
     def step(self, closure=None):
-        if not foreach_ready(self):
+        update = _fused_update if fused_ready(self) else _adam_update if foreach_ready(self) else None
+        if update is None:
             return original(self, closure)
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             for chunk in _chunks(self, group):
-                _adam_update(chunk, group)
+                update(chunk, group)
         return loss
 
     return step
@@ -118,6 +156,22 @@ def _adam_update(chunk: List[Tuple[torch.Tensor, Dict]], group) -> None:
     if group["weight_decay"] != 0:
         torch._foreach_add_(params, params, alpha=-group["weight_decay"] * group["lr"])
     torch._foreach_addcdiv_(params, exp_avgs, denoms, value=-step_size)
+
+
+def _fused_update(chunk: List[Tuple[torch.Tensor, Dict]], group) -> None:
+    """fairseq's ``Adam`` update of one chunk (one device, one step count) in torch's fused AdamW kernel.
+
+    torch divides ``sqrt(v)`` by ``s = sqrt(1 - beta2^t)`` before adding its eps and steps by
+    ``lr / (1 - beta1^t)``; with ``eps / s`` that is fairseq's ``lr * s / (1 - beta1^t) * m / (sqrt(v) + eps)``.
+    Its weight decay multiplies by ``1 - lr * weight_decay``, as fairseq's ``p - lr * weight_decay * p``."""
+    params = [p.data for p, _ in chunk]
+    beta1, beta2 = group["betas"]
+    step = chunk[0][1]["step"]
+    steps = [torch.full((), float(step), device=params[0].device)] * len(params)  # read, never written
+    torch._fused_adamw_(params, [p.grad.data for p, _ in chunk], [s["exp_avg"] for _, s in chunk],
+                        [s["exp_avg_sq"] for _, s in chunk], [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                        weight_decay=group["weight_decay"], eps=group["eps"] / math.sqrt(1 - beta2 ** step),
+                        amsgrad=False, maximize=False)
 
 
 # ---------------------------------------------------------------------------------------------- clipping

@@ -7,6 +7,9 @@ remain active) and at step 0 expands only the first beam (all beams are identica
 """
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -17,12 +20,40 @@ class BeamSearch:
     def step(self, step: int, lprobs: Tensor, scores: Tensor):
         bsz, beam, vocab = lprobs.shape
         if step == 0:
-            lprobs = lprobs[:, ::beam, :].contiguous()
+            lprobs = lprobs[:, :1, :]
+            prev = None
         else:
-            lprobs = lprobs + scores[:, :, step - 1].unsqueeze(-1)
-        flat = lprobs.view(bsz, -1)
-        top = torch.topk(flat, k=min(beam * 2, flat.size(1) - 1))
+            prev = scores[:, :, step - 1 : step]
+        return beam_candidates(lprobs, prev, min(beam * 2, lprobs.size(1) * vocab - 1))
+
+
+def beam_candidates(lprobs: Tensor, prev: Optional[Tensor], k: int):
+    """The ``k`` best continuations of every sample: ``topk`` of ``lprobs + prev`` flattened over its
+    hypotheses and vocabulary, with the flat ``topk``'s values and indices.
+
+    ``lprobs [B, H, V]`` step log-probabilities of ``H`` hypotheses, ``prev [B, H, 1]`` their scores so far
+    (``None``: zero). Returns ``(scores [B, k], tokens [B, k], hypotheses [B, k])`` by descending score.
+
+    A candidate of the flat top ``k + 1`` is among its own row's top ``k + 1``, and adding ``prev`` does not
+    reorder a row: so each row keeps its top ``k + 1`` first and the second ``topk`` runs over ``H (k + 1)``
+    entries instead of ``H V``, without forming the sum. Where two finite scores among a sample's best
+    ``k + 1`` are equal (a forced prefix fills rows with one value), which of them the flat ``topk`` returns
+    depends on its implementation, so the flat ``topk`` runs; ties among ``-inf`` (hypotheses already out of
+    the search) are left in any order.
+    """
+    bsz, hyps, vocab = lprobs.shape
+    kr = min(k + 1, vocab)
+    rows = torch.topk(lprobs, kr, dim=-1)  # [B, H, kr]
+    values = rows.values if prev is None else rows.values + prev
+    top = torch.topk(values.reshape(bsz, -1), min(k + 1, hyps * kr))
+    best = top.values
+    if bool((best[:, 1:].eq(best[:, :-1]) & best[:, 1:].ne(-math.inf)).any()):
+        flat = (lprobs if prev is None else lprobs + prev).reshape(bsz, -1)
+        top = torch.topk(flat, k)
         return top.values, top.indices % vocab, torch.div(top.indices, vocab, rounding_mode="trunc")
+    picked = top.indices[:, :k]
+    tokens = rows.indices.reshape(bsz, -1).gather(1, picked)
+    return best[:, :k], tokens, torch.div(picked, kr, rounding_mode="trunc")
 
 
 class Sampling:

@@ -28,6 +28,15 @@ from ofa.generate.search import BeamSearch, Sampling
 from ofa.generate.trie import Trie
 
 
+def _log_softmax_into(logits: Tensor) -> Tensor:
+    """``log_softmax`` over the last dim, written over ``logits`` where it is a contiguous tensor outside
+    autograd (the step's fresh ``[N, V]`` logits: no second vocabulary-sized buffer per step; the values are
+    the same as out of place)."""
+    if logits.is_contiguous() and not logits.requires_grad:
+        return torch.log_softmax(logits, dim=-1, out=logits)
+    return F.log_softmax(logits, dim=-1)
+
+
 class SequenceGenerator:
     """
     Args:
@@ -139,7 +148,7 @@ class SequenceGenerator:
             if not self.zero_shot:
                 for c in self.constraints:
                     logits = c(logits, tokens, prefix_lens)
-            lprobs = F.log_softmax(logits, dim=-1)
+            lprobs = _log_softmax_into(logits)
             if self.zero_shot:
                 for c in self.constraints:
                     lprobs = c(lprobs, tokens, prefix_lens)
