@@ -177,6 +177,54 @@ def test_fused_adam_follows_fairseqs_eps_placement():
     torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=0)
 
 
+def _one_layout_step(fused, moments_layout, grad_layout):
+    """One fairseq Adam step of a channels-last weight from a given state (step 3), moments and gradient in the
+    given memory formats; the updated weight and moments."""
+    Adam, original_step, _, _ = _fairseq_originals()
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 8, 3, 3, generator=g).contiguous(memory_format=torch.channels_last))
+    opt = Adam([w], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    opt.ofa_fused = fused
+    m = torch.randn(16, 8, 3, 3, generator=g).contiguous(memory_format=moments_layout)
+    v = torch.rand(16, 8, 3, 3, generator=g).contiguous(memory_format=moments_layout)
+    opt.state[w] = {"step": 3, "exp_avg": m, "exp_avg_sq": v}
+    w.grad = torch.randn(16, 8, 3, 3, generator=g).contiguous(memory_format=grad_layout)
+    (opt.step() if fused is not None else original_step(opt))
+    return w.detach().clone(), opt.state[w]["exp_avg"].clone(), opt.state[w]["exp_avg_sq"].clone()
+
+
+@pytest.mark.parametrize("moments_layout, grad_layout", [
+    (torch.contiguous_format, torch.channels_last),   # a checkpoint's state for a channels-last weight
+    (torch.channels_last, torch.contiguous_format),   # a gradient in another layout than its weight
+    (torch.channels_last, torch.channels_last),
+])
+def test_fused_adam_pairs_elements_across_memory_layouts(moments_layout, grad_layout):
+    """The fused kernel walks memory in order: a weight, its gradient and its moments in different layouts
+    must still be updated element by element as fairseq's loop does."""
+    ref = _one_layout_step(None, moments_layout, grad_layout)
+    new = _one_layout_step(True, moments_layout, grad_layout)
+    for a, b in zip(ref, new):
+        torch.testing.assert_close(b, a, rtol=2e-6, atol=1e-7)
+
+
+def test_dense_tells_gapless_layouts_from_slices_and_expansions():
+    dense = fast_step._dense
+    assert dense(torch.zeros(4, 3)) and dense(torch.zeros(4, 3).t()) and dense(torch.zeros(10, 20)[2:5])
+    assert dense(torch.zeros(2, 3, 4, 5).contiguous(memory_format=torch.channels_last))
+    assert dense(torch.zeros(1, 5, 1)) and dense(torch.zeros(0, 3)) and dense(torch.tensor(1.0))
+    assert not dense(torch.zeros(10, 20)[:, ::2]) and not dense(torch.zeros(3, 1).expand(3, 4))
+
+
+def test_same_layout_ignores_the_strides_of_size_one_dimensions():
+    same = fast_step._same_layout
+    weight = torch.zeros(64, 32, 1, 1)  # a 1 x 1 convolution: strides (32, 1, 1, 1)
+    grad = torch.zeros(64 * 32).as_strided((64, 32, 1, 1), (32, 1, 32, 32))  # as the ResNet's backward gives it
+    assert weight.stride() != grad.stride() and same(weight, grad)
+    conv3 = torch.zeros(64, 32, 3, 3)
+    assert not same(conv3, conv3.contiguous(memory_format=torch.channels_last))
+    assert not same(torch.zeros(4, 3), torch.zeros(3, 4).t()) and same(torch.zeros(4, 3), torch.zeros(4, 3))
+
+
 def test_optimizer_adam_is_fused_unless_use_old_adam():
     from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 

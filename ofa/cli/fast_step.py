@@ -163,7 +163,18 @@ def _fused_update(chunk: List[Tuple[torch.Tensor, Dict]], group) -> None:
 
     torch divides ``sqrt(v)`` by ``s = sqrt(1 - beta2^t)`` before adding its eps and steps by
     ``lr / (1 - beta1^t)``; with ``eps / s`` that is fairseq's ``lr * s / (1 - beta1^t) * m / (sqrt(v) + eps)``.
-    Its weight decay multiplies by ``1 - lr * weight_decay``, as fairseq's ``p - lr * weight_decay * p``."""
+    Its weight decay multiplies by ``1 - lr * weight_decay``, as fairseq's ``p - lr * weight_decay * p``.
+
+    The kernel walks each tensor's memory in order, so a parameter, its gradient and its moments must share
+    one layout: moments in another (a checkpoint's contiguous state for a channels-last weight) are copied
+    into the parameter's layout once; a chunk whose gradients differ from their parameters takes the
+    op-by-op update (``_adam_update``), which follows every tensor's strides."""
+    for p, state in chunk:
+        for name in ("exp_avg", "exp_avg_sq"):
+            if not _same_layout(state[name], p):
+                state[name] = torch.empty_like(p.data).copy_(state[name])
+    if not all(_dense(p) and _same_layout(p.grad, p) for p, _ in chunk):
+        return _adam_update(chunk, group)
     params = [p.data for p, _ in chunk]
     beta1, beta2 = group["betas"]
     step = chunk[0][1]["step"]
@@ -172,6 +183,25 @@ def _fused_update(chunk: List[Tuple[torch.Tensor, Dict]], group) -> None:
                         [s["exp_avg_sq"] for _, s in chunk], [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
                         weight_decay=group["weight_decay"], eps=group["eps"] / math.sqrt(1 - beta2 ** step),
                         amsgrad=False, maximize=False)
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one shape order their elements alike in memory (strides of size-1 dimensions
+    do not matter: a 1 x 1 convolution's weight and gradient often differ there)."""
+    return a.shape == b.shape and all(n == 1 or x == y for n, x, y in zip(a.shape, a.stride(), b.stride()))
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill one block of memory without gaps or overlaps, its dimensions in any
+    order (contiguous, channels-last, transposed: yes; a strided slice or an expanded tensor: no)."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for size, stride in sorted(((n, s) for n, s in zip(t.shape, t.stride()) if n != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- clipping
