@@ -166,15 +166,16 @@ def _fused_update(chunk: List[Tuple[torch.Tensor, Dict]], group) -> None:
     Its weight decay multiplies by ``1 - lr * weight_decay``, as fairseq's ``p - lr * weight_decay * p``.
 
     The kernel walks each tensor's memory in order, so a parameter, its gradient and its moments must share
-    one layout: moments in another (a checkpoint's contiguous state for a channels-last weight) are copied
-    into the parameter's layout once; a chunk whose gradients differ from their parameters takes the
-    op-by-op update (``_adam_update``), which follows every tensor's strides."""
+    one gap-free layout: a chunk with a gradient laid out otherwise than its parameter (or a parameter with
+    gaps) takes the op-by-op update (``_adam_update``), which follows every tensor's strides; moments in
+    another layout (a checkpoint's contiguous state for a channels-last weight) are copied into the
+    parameter's layout once."""
+    if not all(_dense(p) and _same_layout(p.grad, p) for p, _ in chunk):
+        return _adam_update(chunk, group)
     for p, state in chunk:
         for name in ("exp_avg", "exp_avg_sq"):
             if not _same_layout(state[name], p):
                 state[name] = torch.empty_like(p.data).copy_(state[name])
-    if not all(_dense(p) and _same_layout(p.grad, p) for p, _ in chunk):
-        return _adam_update(chunk, group)
     params = [p.data for p, _ in chunk]
     beta1, beta2 = group["betas"]
     step = chunk[0][1]["step"]
