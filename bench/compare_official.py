@@ -48,6 +48,11 @@ Run from the repository root (a checkout of OFA-Sys/OFA, e.g. ``git clone https:
         --out bench/results/compare_official_base.json
     .venv/bin/python bench/compare_official.py --official PATH/TO/OFA --parts none     # agreement only
 
+Rates of one process can differ from another's by more than the repeats within it (on a shared 2-core CPU the
+official side's moved by up to a fifth between processes): ``--processes N`` runs the whole comparison in ``N``
+fresh processes, one after another, and reports per part the run with the median ratio together with every
+run's ratio (``ratios``, ``ratio_range``; each run in full under ``runs``).
+
 Defaults: ``--arch ofa_tiny``, ``--threads 2`` (CPU), batch 8, 256 px images, 12 source and 16 target
 tokens, 5 repeats, every part. ``--bpe-dir`` (the GPT-2 BPE folder with ``dict.txt``) defaults to ``$OFA_BPE_DIR``.
 ``--out FILE.json`` writes the environment (torch, device, threads, official commit), the config, the
@@ -64,7 +69,9 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -77,6 +84,7 @@ from ofa.checkpoint import build_model_for_arch
 from ofa.console import run_cli
 from ofa.errors import ConfigError, unknown_name
 from ofa.generate import SequenceGenerator, Trie
+from ofa.io_utils import write_atomic
 from ofa.model.config import ARCHS
 from ofa.model.init import seeded_weights
 
@@ -123,6 +131,7 @@ class BenchConfig:
     seed: int = 0
     quick: bool = False
     old_adam: bool = False
+    processes: int = 1
     out: Optional[str] = None
 
 
@@ -153,6 +162,8 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     p.add_argument("--use-old-adam", action="store_true",
                    help="the project's train step uses fairseq's op-by-op Adam arithmetic (as ofa-train "
                         "--use-old-adam), not the fused kernel")
+    p.add_argument("--processes", type=int, default=1,
+                   help="run the comparison in N fresh processes and report the median run per part")
     p.add_argument("--out", metavar="FILE.json", help="write the results as JSON")
     a = p.parse_args(list(argv))
     if not a.official:
@@ -161,7 +172,7 @@ def parse_args(argv: Sequence[str]) -> BenchConfig:
     cfg = BenchConfig(official=a.official, bpe_dir=a.bpe_dir or "", arch=a.arch, device=a.device, bf16=a.bf16,
                       threads=a.threads, batch_size=a.batch_size, image_size=a.image_size, src_len=a.src_len,
                       tgt_len=a.tgt_len, repeats=a.repeats, parts=parse_parts(a.parts), atol=a.atol,
-                      seed=a.seed, quick=a.quick, old_adam=a.use_old_adam, out=a.out)
+                      seed=a.seed, quick=a.quick, old_adam=a.use_old_adam, processes=a.processes, out=a.out)
     if a.quick:
         cfg = dataclasses.replace(cfg, batch_size=2, image_size=64, src_len=8, tgt_len=4, repeats=1)
     return cfg
@@ -184,6 +195,8 @@ def check_config(cfg: BenchConfig) -> None:
         raise ConfigError("no BPE folder: pass --bpe-dir DIR (dict.txt, encoder.json, vocab.bpe) or set OFA_BPE_DIR")
     if not (Path(cfg.bpe_dir) / "dict.txt").is_file():
         raise ConfigError(f"BPE folder not found or without dict.txt: {cfg.bpe_dir} (pass --bpe-dir DIR)")
+    if cfg.processes < 1:
+        raise ConfigError(f"--processes: must be at least 1, got {cfg.processes}")
     if cfg.arch not in OFFICIAL_ARCHS or cfg.arch not in ARCHS:
         raise ConfigError(f"--arch: {unknown_name('architecture', cfg.arch, OFFICIAL_ARCHS)}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -575,8 +588,7 @@ def print_agreement(agreement: Dict[str, Any], arch: str) -> None:
 
 def write_json(path: str, payload: Dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+    write_atomic(path, json.dumps(payload, indent=2))
     print(f"wrote {path}")
 
 
@@ -616,8 +628,67 @@ def run(cfg: BenchConfig) -> int:
     return 0
 
 
+def child_argv(argv: Sequence[str], out: str) -> List[str]:
+    """The command line of one of ``--processes``' runs: ``argv`` without ``--processes`` and ``--out`` (either
+    spelling, ``--opt V`` or ``--opt=V``), writing its JSON to ``out``."""
+    dropped = ("--processes", "--out")
+    args: List[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in dropped:
+            skip = True
+        elif not arg.startswith(tuple(d + "=" for d in dropped)):
+            args.append(arg)
+    return args + ["--out", out]
+
+
+def combine_runs(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One payload from the JSON of several runs of the same comparison: per part the run whose ratio is the
+    median (the lower middle one for an even count) with ``ratios`` (every run's, in run order),
+    ``ratio_range`` and ``median_run``; the first run's environment and agreement; every run's parts under
+    ``runs``."""
+    parts: Dict[str, Dict[str, Any]] = {}
+    for name in runs[0]["parts"]:
+        ratios = [run["parts"][name]["ratio_project_over_official"] for run in runs]
+        middle = sorted(range(len(runs)), key=lambda i: ratios[i])[(len(runs) - 1) // 2]
+        parts[name] = dict(runs[middle]["parts"][name], ratios=ratios, ratio_range=[min(ratios), max(ratios)],
+                           median_run=middle)
+    config = dict(runs[0]["config"], processes=len(runs), out=None)
+    return dict(environment=runs[0]["environment"], config=config, params=runs[0]["params"],
+                agreement=runs[0]["agreement"], parts=parts, runs=[run["parts"] for run in runs])
+
+
+def run_processes(cfg: BenchConfig, argv: Sequence[str]) -> int:
+    """``--processes N``: the comparison in ``N`` fresh processes, one after another, then the combined table
+    (``combine_runs``). A run that fails stops the rest with its exit status."""
+    check_config(cfg)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="compare_official_") as tmp:
+        for i in range(cfg.processes):
+            out = str(Path(tmp) / f"run{i}.json")
+            print(f"--- process {i + 1} of {cfg.processes}", flush=True)
+            status = subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_argv(argv, out)],
+                                    check=False).returncode
+            if status != 0:
+                return status
+            runs.append(json.loads(Path(out).read_text(encoding="utf-8")))
+    payload = combine_runs(runs)
+    if payload["parts"]:
+        print(f"--- {cfg.processes} processes: per part the run with the median ratio")
+        print_table(payload["parts"])
+        for name, part in payload["parts"].items():
+            print(f"{name:<7} ratios {', '.join(f'{r:.2f}' for r in part['ratios'])} "
+                  f"(range {part['ratio_range'][0]:.2f}-{part['ratio_range'][1]:.2f}x)")
+    if cfg.out:
+        write_json(cfg.out, payload)
+    return 0
+
+
 def _main(argv: List[str]) -> int:
-    return run(parse_args(argv))
+    cfg = parse_args(argv)
+    return run_processes(cfg, argv) if cfg.processes > 1 else run(cfg)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

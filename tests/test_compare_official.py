@@ -63,6 +63,44 @@ def test_a_folder_that_is_not_an_ofa_checkout_and_a_missing_bpe_folder_are_one_l
     assert "did you mean train" in _one_error_line(capsys)
 
 
+def test_processes_must_be_at_least_one(bench, tmp_path, capsys):
+    fake = tmp_path / "checkout"
+    (fake / "models" / "ofa").mkdir(parents=True)
+    (fake / "models" / "ofa" / "unify_transformer.py").write_text("")
+    (tmp_path / "dict.txt").write_text("")
+    assert bench.main(["--official", str(fake), "--bpe-dir", str(tmp_path), "--processes", "0"]) == 2
+    assert "--processes: must be at least 1, got 0" in _one_error_line(capsys)
+
+
+def test_each_process_gets_the_command_line_without_processes_and_out(bench):
+    argv = ["--official", "O", "--processes", "3", "--arch", "ofa_base", "--out", "a.json", "--processes=2",
+            "--out=b.json", "--quick"]
+    assert bench.child_argv(argv, "/tmp/run0.json") == ["--official", "O", "--arch", "ofa_base", "--quick",
+                                                       "--out", "/tmp/run0.json"]
+
+
+def _run_json(ratios):
+    parts = {name: {"unit": "samples", "ratio_project_over_official": r, "official": {"rate_median": 1.0},
+                    "project": {"rate_median": r}} for name, r in ratios.items()}
+    return {"environment": {"torch": "x"}, "config": {"arch": "ofa_tiny", "processes": 1, "out": "f.json"},
+            "params": 7, "agreement": {"ok": True}, "parts": parts}
+
+
+def test_combined_runs_report_the_median_run_per_part_and_every_ratio(bench):
+    runs = [_run_json({"eval": 1.6, "beam": 2.1}), _run_json({"eval": 1.8, "beam": 1.9}),
+            _run_json({"eval": 1.5, "beam": 2.0})]
+    combined = bench.combine_runs(runs)
+    assert combined["parts"]["eval"]["ratio_project_over_official"] == 1.6  # the middle of 1.5, 1.6, 1.8
+    assert combined["parts"]["eval"]["median_run"] == 0 and combined["parts"]["beam"]["median_run"] == 2
+    assert combined["parts"]["eval"]["project"]["rate_median"] == 1.6
+    assert combined["parts"]["beam"]["ratios"] == [2.1, 1.9, 2.0]
+    assert combined["parts"]["beam"]["ratio_range"] == [1.9, 2.1]
+    assert combined["config"]["processes"] == 3 and combined["config"]["out"] is None
+    assert len(combined["runs"]) == 3 and combined["agreement"] == {"ok": True}
+    two = bench.combine_runs(runs[:2])  # an even count takes the lower middle run
+    assert two["parts"]["eval"]["ratio_project_over_official"] == 1.6
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not OFFICIAL, reason="set OFA_OFFICIAL_CHECKOUT to a checkout of OFA-Sys/OFA")
 def test_quick_run_agrees_with_the_official_code_and_times_every_part(bench, bpe_dir, tmp_path):
