@@ -72,11 +72,13 @@ def test_processes_must_be_at_least_one(bench, tmp_path, capsys):
     assert "--processes: must be at least 1, got 0" in _one_error_line(capsys)
 
 
-def test_each_process_gets_the_command_line_without_processes_and_out(bench):
-    argv = ["--official", "O", "--processes", "3", "--arch", "ofa_base", "--out", "a.json", "--processes=2",
-            "--out=b.json", "--quick"]
-    assert bench.child_argv(argv, "/tmp/run0.json") == ["--official", "O", "--arch", "ofa_base", "--quick",
-                                                       "--out", "/tmp/run0.json"]
+def test_each_process_runs_once_and_writes_its_own_file_whatever_the_spelling(bench):
+    for argv in (["--official", "O", "--processes", "3", "--arch", "ofa_base", "--out", "a.json", "--quick"],
+                 ["--official", "O", "--processes=3", "--out=a.json", "--arch", "ofa_base", "--quick"],
+                 ["--official", "O", "--proc", "3", "--ou", "a.json", "--arch", "ofa_base", "--quick"]):
+        cfg = bench.parse_args(bench.child_argv(argv, "/tmp/run0.json"))
+        assert cfg.processes == 1 and cfg.out == "/tmp/run0.json"
+        assert cfg.arch == "ofa_base" and cfg.quick and cfg.official == "O"
 
 
 def _run_json(ratios):

@@ -41,11 +41,11 @@ def beam_candidates(lprobs: Tensor, prev: Optional[Tensor], k: int):
     depends on its implementation, so the flat ``topk`` runs; ties among ``-inf`` (hypotheses already out of
     the search) are left in any order.
     """
-    bsz, hyps, vocab = lprobs.shape
+    bsz, _, vocab = lprobs.shape
     kr = min(k + 1, vocab)
     rows = torch.topk(lprobs, kr, dim=-1)  # [B, H, kr]
     values = rows.values if prev is None else rows.values + prev
-    top = torch.topk(values.reshape(bsz, -1), min(k + 1, hyps * kr))
+    top = torch.topk(values.reshape(bsz, -1), k + 1)  # k < H V, so H kr >= k + 1
     best = top.values
     if bool((best[:, 1:].eq(best[:, :-1]) & best[:, 1:].ne(-math.inf)).any()):
         flat = (lprobs if prev is None else lprobs + prev).reshape(bsz, -1)
